@@ -1,0 +1,2 @@
+"""Evaluation: image quality (``image``), segmentation (``segmentation``), synthesis (``synthesis``),
+paired statistics (``stats``) and reports (``report``)."""

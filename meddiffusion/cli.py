@@ -1,0 +1,287 @@
+"""``meddiff``: one command, thin subcommands. Argument parsing and error reporting only; the work is done
+by the package modules. A ``MeddiffError`` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from meddiffusion import __version__
+from meddiffusion.errors import MeddiffError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from meddiffusion.demo import run_demo
+
+    metrics = run_demo(
+        args.out,
+        force=args.force,
+        modality=args.modality,
+        scale=args.scale,
+        slices=args.slices,
+        steps=args.steps,
+        samples=args.samples,
+        seed=args.seed,
+        device=args.device,
+    )
+    for name, m in metrics.items():
+        print(f"{name:>10}: PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  HFEN {m['hfen']:.4f}")
+    print(f"wrote {args.out}/ (NIfTI volumes, panel.png, metrics.json, provenance.json)")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from meddiffusion.info import describe, format_info
+
+    for path in args.files:
+        info = describe(path, label=True if args.label else None)
+        print(json.dumps(info) if args.json else format_info(info))
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from meddiffusion.data.check import check_dataset
+
+    n_cases, problems = check_dataset(args.folder, args.layout)
+    for problem in problems:
+        print(problem)
+    print(f"{n_cases} cases, {len(problems)} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _data_split(args: argparse.Namespace) -> int:
+    from meddiffusion.data import kfold_splits, read_dataset, train_test_split
+
+    ids = [c.case_id for c in read_dataset(args.folder, args.layout)]
+    if args.folds:
+        payload = [
+            {"fold": i, "train": tr, "test": te} for i, (tr, te) in enumerate(kfold_splits(ids, args.folds, args.seed))
+        ]
+    else:
+        train, test = train_test_split(ids, args.test_fraction, args.seed)
+        payload = {"train": train, "test": test}
+    print(json.dumps({"seed": args.seed, "splits": payload}, indent=2))
+    return 0
+
+
+def _sr_train(args: argparse.Namespace) -> int:
+    from meddiffusion.sr.train import load_sr_config, run_training
+
+    overrides = {}
+    if args.steps is not None:
+        overrides["train.steps"] = args.steps
+    if args.mixed_precision is not None:
+        overrides["train.mixed_precision"] = args.mixed_precision
+    config, path = load_sr_config(args.config, overrides)
+    folder = run_training(config, path, Path(args.out), resume=args.resume, stop_at=args.stop_at)
+    print(f"weights written to {folder}")
+    return 0
+
+
+def _sr_upscale(args: argparse.Namespace) -> int:
+    from meddiffusion.sr.pipeline import UpscaleOptions
+    from meddiffusion.sr.run import upscale_file
+
+    options = UpscaleOptions(
+        scale=args.scale,
+        axis=args.axis,
+        method=args.method,
+        steps=args.steps,
+        samples=args.samples,
+        sampler=args.sampler,
+        data_consistency=not args.no_data_consistency,
+        slice_axis=args.slice_axis,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        weights=args.weights,
+    )
+    result = upscale_file(args.input, args.output, options, force=args.force)
+    print(f"wrote {args.output} (shape {' x '.join(map(str, result.volume.shape))})")
+    return 0
+
+
+def _sr_degrade(args: argparse.Namespace) -> int:
+    from meddiffusion.sr.run import degrade_file
+
+    degrade_file(args.input, args.output, args.scale, args.axis, args.slice_axis, force=args.force)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _eval_sr(args: argparse.Namespace) -> int:
+    from meddiffusion.eval.report import evaluate_folders, evaluate_sr_files
+
+    if all(Path(p).is_dir() for p in args.pred) and Path(args.ref).is_dir():
+        if not args.out:
+            raise MeddiffError("folder evaluation needs --out for the report")
+        summary = evaluate_folders("sr", args.pred, args.ref, args.out, args.names, force=args.force)
+        print(json.dumps(summary, indent=2))
+        return 0
+    if len(args.pred) != 1:
+        raise MeddiffError("give one prediction file, or prediction folders with a reference folder")
+    print(json.dumps(evaluate_sr_files(args.pred[0], args.ref, args.mask, args.data_range), indent=2))
+    return 0
+
+
+def _eval_seg(args: argparse.Namespace) -> int:
+    from meddiffusion.eval.report import evaluate_folders, evaluate_seg_files
+
+    convention = None if args.convention == "binary" else args.convention
+    if all(Path(p).is_dir() for p in args.pred) and Path(args.ref).is_dir():
+        if not args.out:
+            raise MeddiffError("folder evaluation needs --out for the report")
+        summary = evaluate_folders("seg", args.pred, args.ref, args.out, args.names, convention, force=args.force)
+        print(json.dumps(summary, indent=2))
+        return 0
+    if len(args.pred) != 1:
+        raise MeddiffError("give one prediction file, or prediction folders with a reference folder")
+    print(json.dumps(evaluate_seg_files(args.pred[0], args.ref, convention), indent=2))
+    return 0
+
+
+def _eval_compare(args: argparse.Namespace) -> int:
+    from meddiffusion.eval.report import compare_csv
+
+    print(json.dumps(compare_csv(args.a, args.b, args.metrics), indent=2))
+    return 0
+
+
+def _not_yet(feature: str, issue: int) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        raise MeddiffError(f"'meddiff {feature}' is not part of this release yet (tracked in issue #{issue})")
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meddiff", description="Diffusion-based MRI super-resolution and augmentation."
+    )
+    parser.add_argument("--version", action="version", version=f"meddiffusion {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="super-resolve the embedded real MRI and write NIfTI + PNG panel")
+    demo.add_argument("--out", default="meddiff-demo", help="output folder (default: meddiff-demo)")
+    demo.add_argument("--modality", default="t1ce", choices=["t1", "t1ce", "t2", "flair"])
+    demo.add_argument("--scale", type=int, default=4, choices=[2, 4])
+    demo.add_argument("--slices", type=int, default=24, help="slab thickness through the tumour (slices)")
+    demo.add_argument("--steps", type=int, default=4)
+    demo.add_argument("--samples", type=int, default=2)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--force", action="store_true", help="overwrite an earlier demo's outputs")
+    demo.set_defaults(handler=_demo)
+
+    info = commands.add_parser("info", help="shape, spacing, orientation, intensities; labels with volumes")
+    info.add_argument("files", nargs="+")
+    info.add_argument("--label", action="store_true", help="treat the file as a label map")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=_info)
+
+    data = commands.add_parser("data", help="data-set folders").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="validate a data-set folder; one line per problem")
+    check.add_argument("folder")
+    check.add_argument("--layout", choices=["brats2021", "brats2023", "nnunet", "list"])
+    check.set_defaults(handler=_data_check)
+    split = data.add_parser("split", help="patient-level train/test split or k folds (JSON)")
+    split.add_argument("folder")
+    split.add_argument("--layout", choices=["brats2021", "brats2023", "nnunet", "list"])
+    split.add_argument("--test-fraction", type=float, default=0.2)
+    split.add_argument("--folds", type=int)
+    split.add_argument("--seed", type=int, default=0)
+    split.set_defaults(handler=_data_split)
+
+    sr = commands.add_parser("sr", help="MRI super-resolution").add_subparsers(dest="sr_command", required=True)
+    up = sr.add_parser("upscale", help="super-resolve a volume")
+    up.add_argument("input")
+    up.add_argument("output", help="output NIfTI (.nii.gz); OUTPUT.json records how it was made")
+    up.add_argument("--scale", type=int, default=2, choices=[2, 4])
+    up.add_argument(
+        "--axis",
+        default="inplane",
+        choices=["inplane", "through"],
+        help="inplane: k-space crop on both in-plane axes; through: thick slices (see README)",
+    )
+    up.add_argument("--method", default="diffusion", choices=["diffusion", "unet", "bicubic"])
+    up.add_argument("--steps", type=int, default=4, help="sampler steps (network evaluations per plane)")
+    up.add_argument("--samples", type=int, default=1, help="K > 1 averages K samples and writes OUTPUT_std.nii.gz")
+    up.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++", "ddpm"])
+    up.add_argument("--no-data-consistency", action="store_true", help="skip the projection onto the measured data")
+    up.add_argument(
+        "--slice-axis", type=int, choices=[0, 1, 2], help="default: 2 in-plane, thickest axis through-plane"
+    )
+    up.add_argument("--weights", help="weights folder (default: the shipped weights of --method)")
+    up.add_argument("--device", default="cpu")
+    up.add_argument("--batch-size", type=int, default=8)
+    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--force", action="store_true")
+    up.set_defaults(handler=_sr_upscale)
+    deg = sr.add_parser("degrade", help="make a low-resolution volume (the training degradation)")
+    deg.add_argument("input")
+    deg.add_argument("output")
+    deg.add_argument("--scale", type=int, required=True)
+    deg.add_argument("--axis", default="inplane", choices=["inplane", "through"])
+    deg.add_argument("--slice-axis", type=int, choices=[0, 1, 2])
+    deg.add_argument("--force", action="store_true")
+    deg.set_defaults(handler=_sr_degrade)
+    train = sr.add_parser("train", help="train a super-resolution model from a YAML config")
+    train.add_argument("--config", required=True, help="training config (YAML), e.g. configs/sr_diffusion.yaml")
+    train.add_argument("--out", required=True, help="run folder (checkpoints, logs, weights/)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    train.add_argument("--steps", type=int, help="override train.steps")
+    train.add_argument("--stop-at", type=int, help="end this run at that step (checkpointed); continue with --resume")
+    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override train.mixed_precision")
+    train.set_defaults(handler=_sr_train)
+
+    ev = commands.add_parser("eval", help="metrics, reports, paired statistics").add_subparsers(
+        dest="eval_command", required=True
+    )
+    for kind, handler in (("sr", _eval_sr), ("seg", _eval_seg)):
+        p = ev.add_parser(kind, help=f"evaluate {kind} predictions (files: JSON on stdout; folders: report)")
+        p.add_argument("--pred", nargs="+", required=True, help="prediction file, or one folder per method")
+        p.add_argument("--ref", required=True, help="reference file or folder")
+        p.add_argument("--out", help="report folder (folder mode)")
+        p.add_argument("--names", nargs="+", help="method names for the prediction folders")
+        p.add_argument("--force", action="store_true")
+        if kind == "sr":
+            p.add_argument("--mask", help="evaluate inside this mask")
+            p.add_argument("--data-range", type=float, help="default: reference max - min (inside the mask)")
+        else:
+            p.add_argument("--convention", default="brats2021", choices=["brats2021", "brats2023", "binary"])
+        p.set_defaults(handler=handler)
+    cmp_ = ev.add_parser("compare", help="paired statistics between two per-case CSVs (B - A)")
+    cmp_.add_argument("a")
+    cmp_.add_argument("b")
+    cmp_.add_argument("--metrics", nargs="+")
+    cmp_.set_defaults(handler=_eval_compare)
+
+    for name, issue in (("synth", 6), ("seg", 8)):
+        sub = commands.add_parser(name, help=f"(not in this release; issue #{issue})")
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(handler=_not_yet(name, issue))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except MeddiffError as exc:
+        print(f"meddiff: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("meddiff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Configs are data: YAML files loaded into dataclasses, unknown or mistyped keys rejected with the file named."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from meddiffusion.errors import MeddiffError
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str | Path = "<config>") -> T:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclasses; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise MeddiffError(f"expected a mapping for {cls.__name__}, got {type(data).__name__}", source)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise MeddiffError(
+            f"unknown key(s) {', '.join(unknown)} for {cls.__name__} (known: {', '.join(sorted(names))})", source
+        )
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value, source)
+        elif not _matches(value, hint):
+            raise MeddiffError(f"{cls.__name__}.{key} = {value!r} is not of type {_type_name(hint)}", source)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise MeddiffError(f"invalid {cls.__name__}: {exc}", source) from exc
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin in (list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MeddiffError("config file not found", path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise MeddiffError(f"invalid YAML ({exc})", path) from exc
+    return data or {}
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    """Load and validate a YAML config file into ``cls``."""
+    return from_dict(cls, load_yaml(path), path)
+
+
+def resolve_data_path(entry: str, base: Path | None = None) -> Path:
+    """Resolve a data path from a config: ``$VARS`` expanded, ``pkg:NAME/rel`` inside an installed package
+    (e.g. ``pkg:nilearn/datasets/data/...``), relative paths against ``base`` (the config's folder)."""
+    entry = os.path.expandvars(entry)
+    if entry.startswith("pkg:"):
+        package, _, rel = entry[4:].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise MeddiffError(f"package {package!r} is not installed", entry)
+        return Path(next(iter(spec.submodule_search_locations))) / rel
+    path = Path(entry)
+    return path if path.is_absolute() or base is None else (base / path)

@@ -1,0 +1,45 @@
+"""Tumour label conventions and the BraTS evaluation regions.
+
+BraTS 2021: 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing. BraTS 2023: 1 NCR, 2 ED, 3 ET.
+BRATS 2015: 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing. BRATS 2012: 1 oedema, 2 core.
+Regions: whole tumour (WT), tumour core (TC), enhancing tumour (ET).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from meddiffusion.errors import MeddiffError
+
+REGIONS: dict[str, dict[str, tuple[int, ...]]] = {
+    "brats2021": {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
+    "brats2023": {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
+}
+#: label maps to the BraTS 2021 convention
+TO_BRATS2021: dict[str, dict[int, int]] = {
+    "brats2021": {0: 0, 1: 1, 2: 2, 4: 4},
+    "brats2023": {0: 0, 1: 1, 2: 2, 3: 4},
+    "brats2015": {0: 0, 1: 1, 2: 2, 3: 1, 4: 4},
+    "brats2012": {0: 0, 1: 2, 2: 1},
+}
+
+
+def region_masks(label: np.ndarray, convention: str = "brats2021") -> dict[str, np.ndarray]:
+    """Boolean WT/TC/ET masks of a label map in ``convention``."""
+    if convention not in REGIONS:
+        raise MeddiffError(f"unknown label convention {convention!r}; use one of {', '.join(REGIONS)}")
+    return {name: np.isin(label, values) for name, values in REGIONS[convention].items()}
+
+
+def to_brats2021(label: np.ndarray, convention: str) -> np.ndarray:
+    """Relabel a map to BraTS 2021 numbers; unknown labels are an error, not silently dropped."""
+    mapping = TO_BRATS2021.get(convention)
+    if mapping is None:
+        raise MeddiffError(f"unknown label convention {convention!r}; use one of {', '.join(TO_BRATS2021)}")
+    present = set(np.unique(label).astype(int).tolist())
+    if unknown := present - set(mapping):
+        raise MeddiffError(f"labels {sorted(unknown)} are not part of the {convention} convention")
+    lut = np.zeros(max(mapping) + 1, dtype=np.int16)
+    for src, dst in mapping.items():
+        lut[src] = dst
+    return lut[label.astype(np.int64)]

@@ -1,0 +1,226 @@
+"""The one training loop, on Accelerate: mixed precision, gradient accumulation, multi-GPU (``accelerate launch``),
+EMA weights, atomic checkpoints with exact resume, and CSV/TensorBoard logs. Every model family trains here;
+what differs (data set, loss) is passed in.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from meddiffusion.errors import MeddiffError
+
+CHECKPOINT = "checkpoint"
+LOG = "training_log.csv"
+VAL_LOG = "validation_log.csv"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 16
+    learning_rate: float = 2e-4
+    warmup_steps: int = 100
+    gradient_accumulation: int = 1
+    mixed_precision: str = "no"
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+    log_every: int = 25
+    validate_every: int = 500
+    num_workers: int = 0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError("mixed_precision must be 'no', 'fp16' or 'bf16'")
+        if self.steps < 1 or self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise ValueError("steps, batch_size and gradient_accumulation must be >= 1")
+
+
+class _RangeSampler(Sampler[int]):
+    """Indices ``start .. stop-1``: the data set maps each index to a fixed sample, so resume is exact."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Generator], torch.Tensor]
+ValidateFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+def train(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    loss_fn: LossFn,
+    config: TrainConfig,
+    run_dir: str | Path,
+    seed: int = 0,
+    validate: ValidateFn | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+) -> torch.nn.Module:
+    """Train ``model`` for ``config.steps`` optimiser steps; returns it with its EMA weights loaded.
+
+    ``run_dir/checkpoint`` is replaced atomically every ``checkpoint_every`` steps; ``resume=True`` continues
+    from it with optimiser, LR schedule, EMA and RNG state restored. ``stop_at`` ends this invocation at
+    that step (checkpointed) without changing the schedule, for time-boxed runs continued later.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = run_dir / CHECKPOINT
+    if checkpoint.exists() and not resume:
+        raise MeddiffError("holds a checkpoint already: pass --resume to continue it, or choose a new --out", run_dir)
+    if resume and not checkpoint.exists():
+        raise MeddiffError("has no checkpoint to resume from", run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation
+    )
+    set_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    lr_schedule = get_scheduler(
+        "cosine", optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+    )
+    ema = EMAModel(model.parameters(), decay=config.ema_decay)
+    model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
+    ema.to(accelerator.device)
+
+    step = 0
+    if resume:
+        accelerator.load_state(str(checkpoint))
+        ema.load_state_dict(torch.load(checkpoint / "ema.pt", map_location="cpu", weights_only=False))
+        ema.to(accelerator.device)
+        step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+
+    micro = config.batch_size * accelerator.num_processes
+    per_step = micro * config.gradient_accumulation
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=_RangeSampler(step * per_step, config.steps * per_step),
+        num_workers=config.num_workers,
+        drop_last=True,
+    )
+    loader = accelerator.prepare(loader)
+    generator = torch.Generator(device=accelerator.device).manual_seed(seed * 1_000_003 + step)
+    writer = _tensorboard(run_dir) if accelerator.is_main_process else None
+    bar = tqdm(total=config.steps, initial=step, desc="train", disable=not accelerator.is_main_process)
+    started, running = time.time(), []
+    model.train()
+    for batch in loader:
+        with accelerator.accumulate(model):
+            loss = loss_fn(model, batch, generator)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        running.append(loss.detach().item())
+        if not accelerator.sync_gradients:
+            continue
+        ema.step(accelerator.unwrap_model(model).parameters())
+        step += 1
+        bar.update(1)
+        if accelerator.is_main_process and (step % config.log_every == 0 or step == config.steps):
+            mean = sum(running) / len(running)
+            bar.set_postfix(loss=f"{mean:.4f}")
+            row = {
+                "step": step,
+                "loss": mean,
+                "lr": lr_schedule.get_last_lr()[0],
+                "elapsed_s": round(time.time() - started, 1),
+            }
+            _append_csv(run_dir / LOG, row)
+            if writer:
+                writer.add_scalar("loss", mean, step)
+            running = []
+        if (
+            validate is not None
+            and accelerator.is_main_process
+            and (step % config.validate_every == 0 or step == config.steps)
+        ):
+            metrics = _with_ema(accelerator.unwrap_model(model), ema, validate)
+            _append_csv(run_dir / VAL_LOG, {"step": step, **metrics})
+            if writer:
+                for key, value in metrics.items():
+                    writer.add_scalar(f"val/{key}", value, step)
+            model.train()
+        if step % config.checkpoint_every == 0 or step in (config.steps, stop_at):
+            _save_checkpoint(accelerator, ema, run_dir, step)
+        if step == stop_at:
+            break
+    bar.close()
+    if writer:
+        writer.close()
+    unwrapped = accelerator.unwrap_model(model)
+    ema.copy_to(unwrapped.parameters())
+    return unwrapped.eval()
+
+
+def _with_ema(model: torch.nn.Module, ema: EMAModel, fn: ValidateFn) -> dict[str, float]:
+    """Run ``fn`` with the EMA weights swapped in, then restore the training weights."""
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    model.eval()
+    try:
+        return fn(model)
+    finally:
+        ema.restore(model.parameters())
+
+
+def _save_checkpoint(accelerator: Accelerator, ema: EMAModel, run_dir: Path, step: int) -> None:
+    """Write the full state to a temporary folder, then swap it in: a crash never leaves a half checkpoint."""
+    accelerator.wait_for_everyone()
+    tmp = run_dir / f".{CHECKPOINT}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        torch.save(ema.state_dict(), tmp / "ema.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        final, old = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.old"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer when the optional ``tensorboard`` package is there; CSV logs are always written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))

@@ -1,0 +1,74 @@
+"""A weights folder, as diffusers' ``save_pretrained`` lays it out: ``config.json`` + ``model.safetensors``.
+
+``config.json`` holds the network config and whatever the task needs to use the model (scales, modalities,
+normalisation); the training run's config and log sit beside it. The weights hash goes into every output's
+provenance so a result can be traced to the exact file that made it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from meddiffusion.diffusion.network import ConditionalUNet, NetworkConfig
+from meddiffusion.errors import MeddiffError
+from meddiffusion.io import atomic_write
+from meddiffusion.provenance import file_sha256
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+PRETRAINED = Path(__file__).resolve().parent / "pretrained"
+
+
+def save_weights(folder: str | Path, model: ConditionalUNet, extra: dict[str, Any]) -> Path:
+    """Write ``model`` (its state dict, contiguous tensors) and its config into ``folder`` atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)), suffix=".safetensors")
+    config = {"network": model.config.to_dict(), **extra}
+    text = json.dumps(config, indent=2)
+    atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(text + "\n"), suffix=".json")
+    return folder
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a weights folder, with a clear error if it is not one."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise MeddiffError(f"not a weights folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})", folder)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MeddiffError(f"invalid JSON ({exc})", path) from exc
+
+
+def load_weights(folder: str | Path, device: str | torch.device = "cpu") -> tuple[ConditionalUNet, dict[str, Any]]:
+    """Build the network from ``config.json`` and load its weights; returns (model in eval mode, config)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    try:
+        model = ConditionalUNet(NetworkConfig(**config["network"]))
+        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise MeddiffError(f"weights do not match their config ({exc})", folder) from exc
+    return model.to(device).eval(), config
+
+
+def weights_hash(folder: str | Path) -> str:
+    """SHA-256 of the weights file (first 16 hex digits are enough to tell versions apart)."""
+    return file_sha256(Path(folder) / WEIGHTS_FILE)
+
+
+def pretrained(name: str) -> Path:
+    """Path of a shipped weights folder, e.g. ``pretrained("sr-diffusion")``."""
+    folder = PRETRAINED / name
+    if not (folder / WEIGHTS_FILE).is_file():
+        available = sorted(p.name for p in PRETRAINED.iterdir() if p.is_dir()) if PRETRAINED.exists() else []
+        raise MeddiffError(f"no shipped weights named {name!r} (available: {', '.join(available) or 'none'})")
+    return folder

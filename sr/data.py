@@ -1,0 +1,185 @@
+"""Training pairs for super-resolution: real high-resolution volumes, degraded on the fly by ``degradation``.
+
+Every volume is normalised robustly inside the head (percentiles of its low-resolution version, as at
+inference), degraded for each task (scale x axis), interpolated back, and cut into 2.5D patches: the
+conditioning is the interpolated slice and its neighbours, the target the high-resolution residual.
+Item ``i`` of the data set is a pure function of (seed, i), so runs are reproducible and resume exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from meddiffusion.sr.degradation import check_fits, degrade
+from meddiffusion.sr.interpolation import upsample_planes
+from torch.utils.data import Dataset
+
+from meddiffusion.io import load_image
+from meddiffusion.transforms import head_mask, normalise, robust_range
+
+
+@dataclass(frozen=True)
+class Task:
+    """One degradation the model learns: ``scale`` along ``axis`` (in-plane k-space crop or thick slices)."""
+
+    scale: int
+    axis: str
+
+    def conditions(self) -> list[float]:
+        """The scalar conditions the network receives: log2(scale) and whether it is through-plane."""
+        return [float(np.log2(self.scale)), 1.0 if self.axis == "through" else 0.0]
+
+
+def to_planes(volume: np.ndarray, axis: str, slice_axis: int, plane_normal: int) -> np.ndarray:
+    """Rearrange a volume into a stack of 2D planes ``[N, H, W]`` the network works on.
+
+    In-plane: planes are slices normal to ``slice_axis``. Through-plane: planes contain ``slice_axis``,
+    which is put last (W), and ``plane_normal`` is the other in-plane axis they are stacked along.
+    """
+    if axis == "inplane":
+        return np.moveaxis(volume, slice_axis, 0)
+    rest = next(a for a in range(3) if a not in (plane_normal, slice_axis))
+    return np.transpose(volume, (plane_normal, rest, slice_axis))
+
+
+def from_planes(planes: np.ndarray, axis: str, slice_axis: int, plane_normal: int) -> np.ndarray:
+    """Inverse of ``to_planes``."""
+    if axis == "inplane":
+        return np.moveaxis(planes, 0, slice_axis)
+    rest = next(a for a in range(3) if a not in (plane_normal, slice_axis))
+    order = (plane_normal, rest, slice_axis)
+    return np.transpose(planes, np.argsort(order))
+
+
+def neighbour_stack(planes: torch.Tensor, index: torch.Tensor | int, neighbours: int) -> torch.Tensor:
+    """Planes ``index - neighbours .. index + neighbours`` (clamped at the ends) as channels: ``[B, 2n+1, H, W]``."""
+    index = torch.as_tensor(index).reshape(-1)
+    offsets = torch.arange(-neighbours, neighbours + 1)
+    rows = (index[:, None] + offsets[None, :]).clamp(0, planes.shape[0] - 1)
+    return planes[rows]
+
+
+def interpolate_volume(low: np.ndarray, task: Task, slice_axis: int, plane_normal: int, mode: str) -> np.ndarray:
+    """Interpolate a degraded volume onto its high-resolution grid (planes in, planes out)."""
+    planes = torch.from_numpy(np.ascontiguousarray(to_planes(low, task.axis, slice_axis, plane_normal)))
+    up = torch.cat([upsample_planes(chunk[:, None], task.scale, task.axis, mode)[:, 0] for chunk in planes.split(64)])
+    return from_planes(up.numpy(), task.axis, slice_axis, plane_normal)
+
+
+class SRPairs(Dataset):
+    """Random 2.5D patches (conditioning, residual target, scalar conditions) from real volumes."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        tasks: Sequence[Task],
+        patch_size: int = 48,
+        neighbours: int = 1,
+        residual_scale: float = 10.0,
+        seed: int = 0,
+        length: int = 10**9,
+        augment: bool = True,
+        slice_axis: int = 2,
+    ) -> None:
+        self.patch_size = patch_size
+        self.neighbours = neighbours
+        self.residual_scale = residual_scale
+        self.seed = seed
+        self.length = length
+        self.augment = augment
+        self.entries: list[dict] = []
+        for path in paths:
+            volume = load_image(path).data[0].numpy()
+            for task in tasks:
+                self.entries.extend(self._prepare(volume, task, slice_axis, str(path)))
+        if not self.entries:
+            raise ValueError("no (volume, task) pair fits the requested scales")
+
+    def _prepare(self, volume: np.ndarray, task: Task, slice_axis: int, path: str) -> list[dict]:
+        axes = (slice_axis,) if task.axis == "through" else tuple(a for a in range(3) if a != slice_axis)
+        crop = tuple(
+            slice(0, (n // task.scale) * task.scale) if a in axes else slice(None) for a, n in enumerate(volume.shape)
+        )
+        high = volume[crop]
+        high = high - min(float(high.min()), 0.0)  # magnitude images are non-negative (some sets are z-scored)
+        try:
+            check_fits(high.shape, task.scale, axes)
+        except Exception:
+            return []
+        if task.axis == "through" and high.shape[slice_axis] < 8 * task.scale:
+            return []  # thick-slice volumes (e.g. 26 slices of 5.5 mm) are in-plane training data only
+        low = degrade(high, task.scale, task.axis, slice_axis)
+        intensity = robust_range(low)
+        high_n, low_n = normalise(high, intensity), normalise(low, intensity)
+        mask = head_mask(high)
+        normals = [slice_axis] if task.axis == "inplane" else [a for a in range(3) if a != slice_axis]
+        out = []
+        for normal in normals:
+            up = interpolate_volume(low_n, task, slice_axis, normal, mode="bicubic")
+            planes_mask = to_planes(mask, task.axis, slice_axis, normal)
+            fg = planes_mask.reshape(planes_mask.shape[0], -1).mean(1)
+            out.append(
+                {
+                    "path": path,
+                    "task": task,
+                    "high": torch.from_numpy(np.ascontiguousarray(to_planes(high_n, task.axis, slice_axis, normal))),
+                    "up": torch.from_numpy(np.ascontiguousarray(to_planes(up, task.axis, slice_axis, normal))),
+                    "mask": torch.from_numpy(np.ascontiguousarray(planes_mask)),
+                    "planes": np.flatnonzero(fg > 0.05),
+                }
+            )
+        return out
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        entry = self.entries[rng.integers(len(self.entries))]
+        plane = int(rng.choice(entry["planes"]))
+        # patch centre on a random head voxel of that plane (foreground-weighted sampling)
+        fg = torch.nonzero(entry["mask"][plane])
+        cy, cx = fg[rng.integers(len(fg))].tolist() if len(fg) else (0, 0)
+        h, w = entry["high"].shape[1:]
+        p = self.patch_size
+        y0 = int(np.clip(cy - p // 2, 0, max(h - p, 0)))
+        x0 = int(np.clip(cx - p // 2, 0, max(w - p, 0)))
+        window = (slice(y0, y0 + p), slice(x0, x0 + p))
+        cond = neighbour_stack(entry["up"], plane, self.neighbours)[0][(slice(None), *window)]
+        high = entry["high"][plane][window]
+        cond, high = _pad_to(cond, p), _pad_to(high[None], p)
+        if self.augment:
+            cond, high = _augment(cond, high, rng, entry["task"])
+        centre = cond[self.neighbours : self.neighbours + 1]
+        return {
+            "cond": 2.0 * cond - 1.0,
+            "target": (high - centre) * self.residual_scale,
+            "conditions": torch.tensor(entry["task"].conditions(), dtype=torch.float32),
+        }
+
+
+def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    ph, pw = size - x.shape[-2], size - x.shape[-1]
+    return torch.nn.functional.pad(x, (0, max(pw, 0), 0, max(ph, 0)), mode="replicate") if ph > 0 or pw > 0 else x
+
+
+def _augment(
+    cond: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, task: Task
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips, and linear contrast changes that commute with the (linear) degradation.
+
+    Inversion (``1 - x``) makes dark-fluid contrasts look like bright-fluid ones (T2), a contrast with few
+    training volumes; a random affine intensity change stands in for scanner differences.
+    """
+    dims = [-1, -2] if task.axis == "inplane" else [-2]
+    for d in dims:
+        if rng.random() < 0.5:
+            cond, high = cond.flip(d), high.flip(d)
+    if rng.random() < 0.3:
+        cond, high = 1.0 - cond, 1.0 - high
+    gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-0.1, 0.1)
+    return cond * gain + offset, high * gain + offset

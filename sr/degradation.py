@@ -1,0 +1,138 @@
+"""How low-resolution MRI is made from high-resolution MRI, and the geometry that goes with it.
+
+In-plane (``--axis inplane``): the scanner measures only the central k-space, so the low-resolution image is
+the magnitude of the inverse DFT of the central ``N/s`` coefficients on both in-plane axes, divided by ``s``
+per axis so intensities keep their scale. A DFT crop keeps sample 0 and the field of view: low-resolution
+voxel ``j`` sits where high-resolution voxel ``j*s`` sits, and the low-resolution affine is the
+high-resolution one with spacing x s and the same origin.
+
+Through-plane (``--axis through``): a thick slice is the mean of ``s`` consecutive thin slices, centred at the
+mean of their centres: low-resolution slice ``i`` sits at high-resolution index ``s*i + (s-1)/2``.
+
+The k-space crop and its data-consistency projection are written here by hand: no maintained library exposes
+an MRI Fourier-crop degradation with this geometry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from meddiffusion.errors import MeddiffError
+
+AXES = ("inplane", "through")
+
+
+def inplane_axes(slice_axis: int) -> tuple[int, int]:
+    """The two axes that span a slice whose normal is ``slice_axis``."""
+    return tuple(a for a in range(3) if a != slice_axis)  # type: ignore[return-value]
+
+
+def check_fits(shape: tuple[int, ...], scale: int, axes: tuple[int, ...], name: str = "image") -> None:
+    """Raise unless every axis in ``axes`` is a multiple of ``scale`` with at least 2 samples left."""
+    if scale < 1:
+        raise MeddiffError(f"scale must be a positive integer, got {scale}")
+    for a in axes:
+        if shape[a] % scale or shape[a] // scale < 2:
+            raise MeddiffError(
+                f"scale {scale} does not fit {name} of shape {tuple(shape)}: axis {a} ({shape[a]} voxels) "
+                f"must be a multiple of {scale} with at least {2 * scale} voxels"
+            )
+
+
+def _central_freqs(n_low: int) -> np.ndarray:
+    """DFT frequencies kept by a crop to ``n_low`` samples (-n_low//2 .. n_low - n_low//2 - 1), in the
+    natural FFT order of an ``n_low``-point spectrum, so the cropped array is itself a valid spectrum."""
+    return np.fft.fftfreq(n_low, d=1.0 / n_low).round().astype(int)
+
+
+def _crop_index(shape: tuple[int, ...], axes: tuple[int, ...], low: tuple[int, ...]) -> tuple:
+    """Open-mesh index of the kept frequencies inside a full spectrum."""
+    idx: list = [slice(None)] * len(shape)
+    grids = np.ix_(*[_central_freqs(m) % shape[a] for a, m in zip(axes, low, strict=True)])
+    for a, g in zip(axes, grids, strict=True):
+        idx[a] = g
+    return tuple(idx)
+
+
+def kspace_downsample(volume: np.ndarray, scale: int, axes: tuple[int, ...] = (0, 1)) -> np.ndarray:
+    """Fourier-crop ``volume`` by ``scale`` on ``axes`` and return the magnitude image."""
+    check_fits(volume.shape, scale, axes)
+    low = tuple(volume.shape[a] // scale for a in axes)
+    spectrum = np.fft.fftn(volume.astype(np.float64), axes=axes)
+    cropped = spectrum[_crop_index(volume.shape, axes, low)]
+    out = np.fft.ifftn(cropped, axes=axes) / scale ** len(axes)
+    return np.abs(out).astype(np.float32)
+
+
+def thick_slice_downsample(volume: np.ndarray, scale: int, axis: int = 2) -> np.ndarray:
+    """Average ``scale`` consecutive slices along ``axis`` (trailing slices that do not fill one are an error)."""
+    check_fits(volume.shape, scale, (axis,))
+    moved = np.moveaxis(volume.astype(np.float64), axis, -1)
+    thick = moved.reshape(*moved.shape[:-1], moved.shape[-1] // scale, scale).mean(-1)
+    return np.moveaxis(thick, -1, axis).astype(np.float32)
+
+
+def degrade(volume: np.ndarray, scale: int, axis: str, slice_axis: int = 2) -> np.ndarray:
+    """The degradation ``--scale``/``--axis`` mean: k-space crop in-plane, or thick slices through-plane."""
+    if axis == "inplane":
+        return kspace_downsample(volume, scale, inplane_axes(slice_axis))
+    if axis == "through":
+        return thick_slice_downsample(volume, scale, slice_axis)
+    raise MeddiffError(f"axis must be one of {AXES}, got {axis!r}")
+
+
+def index_map(scale: int, axis: str) -> tuple[float, float]:
+    """(a, b) such that low-resolution index i sits at high-resolution index a*i + b on a degraded axis."""
+    return (float(scale), 0.0) if axis == "inplane" else (float(scale), (scale - 1) / 2.0)
+
+
+def low_res_affine(affine: np.ndarray, scale: int, axis: str, slice_axis: int = 2) -> np.ndarray:
+    """Affine of the degraded volume: high-res affine composed with the index map on degraded axes."""
+    a, b = index_map(scale, axis)
+    axes = inplane_axes(slice_axis) if axis == "inplane" else (slice_axis,)
+    index = np.eye(4)
+    for ax in axes:
+        index[ax, ax] = a
+        index[ax, 3] = b
+    return np.asarray(affine, dtype=np.float64) @ index
+
+
+def high_res_affine(affine: np.ndarray, scale: int, axis: str, slice_axis: int = 2) -> np.ndarray:
+    """Inverse of ``low_res_affine``: the grid an upscaled volume lives on (same world extent)."""
+    unit = low_res_affine(np.eye(4), scale, axis, slice_axis)
+    return np.asarray(affine, dtype=np.float64) @ np.linalg.inv(unit)
+
+
+def high_res_positions(n_high: int, scale: int, axis: str) -> np.ndarray:
+    """Low-resolution (fractional) index of each high-resolution sample along a degraded axis."""
+    a, b = index_map(scale, axis)
+    return (np.arange(n_high) - b) / a
+
+
+def data_consistency(
+    output: np.ndarray, measured: np.ndarray, scale: int, axis: str, slice_axis: int = 2
+) -> np.ndarray:
+    """Project ``output`` so that degrading it gives back ``measured`` (to float precision).
+
+    In-plane: the kept k-space of the output is replaced by the measured one (and its Hermitian mirror, so
+    the result stays real); for non-negative ``measured`` then ``kspace_downsample(result) == measured``.
+    Through-plane: each group of ``scale`` thin slices is shifted so that its mean equals the thick slice.
+    """
+    if axis == "through":
+        moved = np.moveaxis(output.astype(np.float64), slice_axis, -1)
+        groups = moved.reshape(*moved.shape[:-1], -1, scale)
+        target = np.moveaxis(measured.astype(np.float64), slice_axis, -1)[..., None]
+        fixed = groups + (target - groups.mean(-1, keepdims=True))
+        return np.moveaxis(fixed.reshape(moved.shape), -1, slice_axis).astype(np.float32)
+    axes = inplane_axes(slice_axis)
+    low = tuple(output.shape[a] // scale for a in axes)
+    spectrum = np.fft.fftn(output.astype(np.float64), axes=axes)
+    measured_spectrum = np.fft.fftn(measured.astype(np.float64), axes=axes) * scale ** len(axes)
+    kept = _crop_index(output.shape, axes, low)
+    mirror_idx: list = [slice(None)] * output.ndim
+    grids = np.ix_(*[(-_central_freqs(m)) % output.shape[a] for a, m in zip(axes, low, strict=True)])
+    for a, g in zip(axes, grids, strict=True):
+        mirror_idx[a] = g
+    spectrum[tuple(mirror_idx)] = np.conj(measured_spectrum)
+    spectrum[kept] = measured_spectrum
+    return np.real(np.fft.ifftn(spectrum, axes=axes)).astype(np.float32)

@@ -1,0 +1,181 @@
+"""Super-resolution of whole volumes: the ``meddiff sr upscale`` pipeline.
+
+2.5D: each plane is conditioned on its interpolated self and its neighbours; through-plane, the model runs on
+the two orthogonal families of planes that contain the thick axis and their results are averaged. Planes run
+in batches through MONAI's sliding-window inferer, so memory stays bounded for large planes. Intensities are
+normalised robustly inside the head and mapped back to the input's scale; the output affine comes from
+``degradation.high_res_affine``, so it says where every output voxel is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from meddiffusion.sr.data import Task, from_planes, interpolate_volume, neighbour_stack, to_planes
+from meddiffusion.sr.degradation import AXES, data_consistency, high_res_affine
+from monai.inferers import sliding_window_inference
+from tqdm.auto import tqdm
+
+from meddiffusion.diffusion import ConditionalUNet, make_scheduler, sample
+from meddiffusion.errors import MeddiffError
+from meddiffusion.transforms import denormalise, normalise, robust_range
+from meddiffusion.weights import load_weights, pretrained, weights_hash
+
+METHODS = ("diffusion", "unet", "bicubic")
+#: shipped weights folder used by each learned method when ``--weights`` is not given
+SHIPPED = {"diffusion": "sr-diffusion", "unet": "sr-unet"}
+
+
+@dataclass
+class UpscaleOptions:
+    scale: int = 2
+    axis: str = "inplane"
+    method: str = "diffusion"
+    steps: int = 4
+    samples: int = 1
+    sampler: str = "ddim"
+    data_consistency: bool = True
+    slice_axis: int | None = None
+    seed: int = 0
+    batch_size: int = 8
+    tile: int = 256
+    device: str = "cpu"
+    weights: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.axis not in AXES:
+            raise MeddiffError(f"--axis must be one of {', '.join(AXES)}, got {self.axis!r}")
+        if self.method not in METHODS:
+            raise MeddiffError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.scale < 2:
+            raise MeddiffError(f"--scale must be 2 or more, got {self.scale}")
+        if self.steps < 1 or self.samples < 1:
+            raise MeddiffError("--steps and --samples must be at least 1")
+
+
+@dataclass
+class UpscaleResult:
+    volume: np.ndarray
+    affine: np.ndarray
+    std: np.ndarray | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def default_slice_axis(spacing: tuple[float, ...], axis: str) -> int:
+    """Where slices are stacked: through-plane, the axis with the largest voxel size (axis 2 on ties);
+    in-plane, axis 2, the slice axis of how scanners store 2D acquisitions."""
+    spacing = tuple(float(s) for s in spacing)
+    if axis == "inplane" or np.allclose(spacing, spacing[0], rtol=0.02):
+        return 2
+    return int(np.argmax(spacing))
+
+
+def _check_fits(shape: tuple[int, ...], options: UpscaleOptions, slice_axis: int) -> None:
+    axes = (slice_axis,) if options.axis == "through" else tuple(a for a in range(3) if a != slice_axis)
+    for a in axes:
+        if shape[a] < 4:
+            raise MeddiffError(
+                f"scale {options.scale} ({options.axis}) does not fit an image of shape {tuple(shape)}: "
+                f"axis {a} has {shape[a]} voxels, at least 4 are needed"
+            )
+
+
+def load_model(options: UpscaleOptions) -> tuple[ConditionalUNet, dict[str, Any], str]:
+    """Load the weights for ``options.method`` (given folder or the shipped one) and check they fit the task."""
+    folder = Path(options.weights) if options.weights else pretrained(SHIPPED[options.method])
+    model, config = load_weights(folder, options.device)
+    if config.get("task") != "sr":
+        raise MeddiffError(f"these are {config.get('task')!r} weights, not super-resolution weights", folder)
+    if config.get("method") != options.method:
+        raise MeddiffError(f"these weights are for method {config.get('method')!r}, not {options.method!r}", folder)
+    if options.scale not in config["scales"] or options.axis not in config["axes"]:
+        raise MeddiffError(
+            f"weights were trained for scales {config['scales']} on axes {config['axes']}, "
+            f"not scale {options.scale} {options.axis}",
+            folder,
+        )
+    return model, config, weights_hash(folder)
+
+
+def upscale(
+    volume: np.ndarray, affine: np.ndarray, spacing: tuple[float, ...], options: UpscaleOptions
+) -> UpscaleResult:
+    """Super-resolve ``volume`` (3D, input intensity scale) and return the result on its high-resolution grid."""
+    if volume.ndim != 3:
+        raise MeddiffError(f"a 3D volume is needed, got shape {volume.shape}")
+    slice_axis = default_slice_axis(spacing, options.axis) if options.slice_axis is None else options.slice_axis
+    _check_fits(volume.shape, options, slice_axis)
+    task = Task(options.scale, options.axis)
+    shift = min(float(volume.min()), 0.0)
+    positive = volume.astype(np.float32) - shift
+    intensity = robust_range(positive)
+    low = normalise(positive, intensity)
+    normals = [slice_axis] if options.axis == "inplane" else [a for a in range(3) if a != slice_axis]
+    info: dict[str, Any] = {"slice_axis": slice_axis, "intensity_range": intensity, **dataclasses.asdict(options)}
+
+    if options.method == "bicubic":
+        mode = "bicubic" if options.axis == "inplane" else "bilinear"  # through-plane: linear along one axis
+        outs = [np.mean([interpolate_volume(low, task, slice_axis, n, mode) for n in normals], axis=0)]
+    else:
+        model, config, digest = load_model(options)
+        info["weights_sha256"] = digest
+        outs = _network_samples(model, config, low, task, slice_axis, normals, options)
+
+    results = [denormalise(o, intensity) + shift for o in outs]
+    if options.data_consistency:
+        results = [data_consistency(r, volume, options.scale, options.axis, slice_axis) for r in results]
+    stack = np.stack(results)
+    std = stack.std(axis=0).astype(np.float32) if len(results) > 1 else None
+    out_affine = high_res_affine(affine, options.scale, options.axis, slice_axis)
+    return UpscaleResult(stack.mean(axis=0).astype(np.float32), out_affine, std, info)
+
+
+def _network_samples(
+    model: ConditionalUNet,
+    config: dict[str, Any],
+    low: np.ndarray,
+    task: Task,
+    slice_axis: int,
+    normals: list[int],
+    options: UpscaleOptions,
+) -> list[np.ndarray]:
+    """Run the network plane by plane for every sample; returns one normalised volume per sample."""
+    device = torch.device(options.device)
+    neighbours = config["neighbours"]
+    residual_scale = config["residual_scale"]
+    scheduler = make_scheduler(options.sampler, **config["schedule"])
+    multiple = model.config.downsampling
+    conditions = torch.tensor([task.conditions()], dtype=torch.float32, device=device)
+    samples = []
+    for k in range(options.samples):
+        generator = torch.Generator(device).manual_seed(options.seed * 1000 + k)
+        per_normal = []
+        for normal in normals:
+            up = interpolate_volume(low, task, slice_axis, normal, mode="bicubic")
+            planes = torch.from_numpy(np.ascontiguousarray(to_planes(up, task.axis, slice_axis, normal)))
+            h, w = planes.shape[1:]
+            roi = tuple(min(options.tile, -(-n // multiple) * multiple) for n in (h, w))
+
+            def predict(window: torch.Tensor, generator=generator) -> torch.Tensor:
+                cond = conditions.expand(window.shape[0], -1)
+                return sample(model, scheduler, window, cond, options.steps, generator)
+
+            result = torch.empty_like(planes)
+            batches = torch.arange(planes.shape[0]).split(options.batch_size)
+            label = f"{options.method} sample {k + 1}/{options.samples}, planes normal to axis {normal}"
+            for idx in tqdm(batches, desc=label, disable=not options.progress, leave=False):
+                cond = (2.0 * neighbour_stack(planes, idx, neighbours) - 1.0).to(device)
+                with torch.no_grad():
+                    residual = sliding_window_inference(
+                        cond, roi, options.batch_size, predict, overlap=0.25, mode="gaussian", cval=-1.0
+                    )
+                result[idx] = planes[idx] + residual[:, 0].cpu() / residual_scale
+            per_normal.append(from_planes(result.numpy(), task.axis, slice_axis, normal))
+        samples.append(np.mean(per_normal, axis=0))
+    return samples
