@@ -18,6 +18,7 @@ from meddiffusion.sr.degradation import check_fits, degrade
 from meddiffusion.sr.interpolation import upsample_planes
 from torch.utils.data import Dataset
 
+from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
 from meddiffusion.io import load_image
 from meddiffusion.transforms import head_mask, normalise, robust_range
 
@@ -53,14 +54,6 @@ def from_planes(planes: np.ndarray, axis: str, slice_axis: int, plane_normal: in
     rest = next(a for a in range(3) if a not in (plane_normal, slice_axis))
     order = (plane_normal, rest, slice_axis)
     return np.transpose(planes, np.argsort(order))
-
-
-def neighbour_stack(planes: torch.Tensor, index: torch.Tensor | int, neighbours: int) -> torch.Tensor:
-    """Planes ``index - neighbours .. index + neighbours`` (clamped at the ends) as channels: ``[B, 2n+1, H, W]``."""
-    index = torch.as_tensor(index).reshape(-1)
-    offsets = torch.arange(-neighbours, neighbours + 1)
-    rows = (index[:, None] + offsets[None, :]).clamp(0, planes.shape[0] - 1)
-    return planes[rows]
 
 
 def interpolate_volume(low: np.ndarray, task: Task, slice_axis: int, plane_normal: int, mode: str) -> np.ndarray:
@@ -120,16 +113,14 @@ class SRPairs(Dataset):
         out = []
         for normal in normals:
             up = interpolate_volume(low_n, task, slice_axis, normal, mode="bicubic")
-            planes_mask = to_planes(mask, task.axis, slice_axis, normal)
-            fg = planes_mask.reshape(planes_mask.shape[0], -1).mean(1)
+            planes_mask = torch.from_numpy(np.ascontiguousarray(to_planes(mask, task.axis, slice_axis, normal)))
             out.append(
                 {
                     "path": path,
                     "task": task,
                     "high": torch.from_numpy(np.ascontiguousarray(to_planes(high_n, task.axis, slice_axis, normal))),
                     "up": torch.from_numpy(np.ascontiguousarray(to_planes(up, task.axis, slice_axis, normal))),
-                    "mask": torch.from_numpy(np.ascontiguousarray(planes_mask)),
-                    "planes": np.flatnonzero(fg > 0.05),
+                    "sampler": PatchSampler(planes_mask, self.patch_size),
                 }
             )
         return out
@@ -140,18 +131,9 @@ class SRPairs(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
         entry = self.entries[rng.integers(len(self.entries))]
-        plane = int(rng.choice(entry["planes"]))
-        # patch centre on a random head voxel of that plane (foreground-weighted sampling)
-        fg = torch.nonzero(entry["mask"][plane])
-        cy, cx = fg[rng.integers(len(fg))].tolist() if len(fg) else (0, 0)
-        h, w = entry["high"].shape[1:]
-        p = self.patch_size
-        y0 = int(np.clip(cy - p // 2, 0, max(h - p, 0)))
-        x0 = int(np.clip(cx - p // 2, 0, max(w - p, 0)))
-        window = (slice(y0, y0 + p), slice(x0, x0 + p))
-        cond = neighbour_stack(entry["up"], plane, self.neighbours)[0][(slice(None), *window)]
-        high = entry["high"][plane][window]
-        cond, high = _pad_to(cond, p), _pad_to(high[None], p)
+        plane, window = entry["sampler"](rng)
+        cond = pad_to(neighbour_stack(entry["up"], plane, self.neighbours)[0][(slice(None), *window)], self.patch_size)
+        high = pad_to(entry["high"][plane][window][None], self.patch_size)
         if self.augment:
             cond, high = _augment(cond, high, rng, entry["task"])
         centre = cond[self.neighbours : self.neighbours + 1]
@@ -160,11 +142,6 @@ class SRPairs(Dataset):
             "target": (high - centre) * self.residual_scale,
             "conditions": torch.tensor(entry["task"].conditions(), dtype=torch.float32),
         }
-
-
-def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
-    ph, pw = size - x.shape[-2], size - x.shape[-1]
-    return torch.nn.functional.pad(x, (0, max(pw, 0), 0, max(ph, 0)), mode="replicate") if ph > 0 or pw > 0 else x
 
 
 def _augment(

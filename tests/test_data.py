@@ -161,3 +161,22 @@ def test_histogram_standardisation_harmonises_scanners(real_crop, tmp_path):
     raw = [np.median(data[head_mask(data)]), np.median((data * 1.2 + 30)[head_mask(data)])]
     assert abs(raw[1] / raw[0] - 1) > 0.15
     assert abs(medians[1] / medians[0] - 1) < 0.02
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slice_patch_sampling_along_any_axis_is_foreground_weighted(real_crop, axis):
+    from meddiffusion.data.sampling import SubjectPlanes
+    from meddiffusion.io import load_subject
+
+    subject = load_subject({"flair": real_crop["flair"], "t1ce": real_crop["t1ce"]}, real_crop["label"])
+    always = SubjectPlanes([subject], axis=axis, patch_size=24, neighbours=1, foreground_p=1.0, seed=0)
+    item = always[0]
+    assert item["image"].shape == (6, 24, 24) and item["label"].shape == (24, 24)
+    assert all(always[i]["label"].any() for i in range(20))
+    assert torch.equal(
+        always[5]["image"], SubjectPlanes([subject], axis=axis, patch_size=24, seed=0, foreground_p=1.0)[5]["image"]
+    )
+    never = SubjectPlanes([subject], axis=axis, patch_size=24, foreground_p=0.0, seed=0)
+    fg_always = np.mean([always[i]["label"].gt(0).float().mean() for i in range(30)])
+    fg_never = np.mean([never[i]["label"].gt(0).float().mean() for i in range(30)])
+    assert fg_always > fg_never
