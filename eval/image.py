@@ -31,13 +31,31 @@ def psnr(pred: np.ndarray, ref: np.ndarray, data_range: float, mask: np.ndarray 
     return float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
 
 
-def ssim(pred: np.ndarray, ref: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
-    """scikit-image SSIM (7-voxel window, its defaults); with a mask, the SSIM map averaged inside it."""
+def ssim(
+    pred: np.ndarray, ref: np.ndarray, data_range: float, mask: np.ndarray | None = None, slice_axis: int | None = None
+) -> float:
+    """scikit-image SSIM (7-voxel window, its defaults); with a mask, the SSIM map averaged inside it.
+
+    ``slice_axis`` computes 2D SSIM maps slice by slice (as super-resolution papers report it, and for slabs
+    thinner than the window); the maps are then averaged over the mask as one.
+    """
     _check(pred, ref, mask)
-    if mask is None:
-        return float(structural_similarity(ref.astype(np.float64), pred.astype(np.float64), data_range=data_range))
-    _, smap = structural_similarity(ref.astype(np.float64), pred.astype(np.float64), data_range=data_range, full=True)
-    return float(smap[mask].mean())
+    pred, ref = pred.astype(np.float64), ref.astype(np.float64)
+    if slice_axis is None:
+        if min(ref.shape) < 7:
+            raise MeddiffError(f"3D SSIM needs at least 7 voxels along every axis, got {ref.shape}; use slice_axis")
+        if mask is None:
+            return float(structural_similarity(ref, pred, data_range=data_range))
+        smap = structural_similarity(ref, pred, data_range=data_range, full=True)[1]
+    else:
+        maps = [
+            structural_similarity(
+                np.take(ref, k, slice_axis), np.take(pred, k, slice_axis), data_range=data_range, full=True
+            )[1]
+            for k in range(ref.shape[slice_axis])
+        ]
+        smap = np.stack(maps, axis=slice_axis)
+    return float(smap[mask].mean() if mask is not None else smap.mean())
 
 
 def nrmse(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> float:

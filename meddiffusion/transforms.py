@@ -20,22 +20,15 @@ PROPOSAL_SPACING = (1.5, 1.5, 5.0)
 PERCENTILES = (0.5, 99.5)
 
 
-def head_mask(volume: np.ndarray) -> np.ndarray:
-    """Foreground (head) mask: Otsu threshold, largest component, holes filled slice-wise and in 3D.
-
-    Background is taken as the most common value (0 for scanner images, a negative constant for images
-    normalised to zero mean inside the brain), so the threshold sees only the signal's range.
-    """
+def _background_and_signal(volume: np.ndarray) -> tuple[float, np.ndarray]:
+    """Background = the most common value (0 for scanner images, a negative constant for images normalised
+    to zero mean inside the brain); signal = the other voxels."""
     values, counts = np.unique(volume[:: max(1, volume.size // 200_000)], return_counts=True)
     background = values[np.argmax(counts)]
-    signal = volume[volume != background]
-    if signal.size == 0:
-        return np.zeros(volume.shape, dtype=bool)
-    try:
-        thresh = threshold_otsu(signal)
-    except ValueError:  # a single distinct value
-        thresh = background
-    mask = volume > min(thresh, np.percentile(signal, 40))
+    return float(background), volume[volume != background]
+
+
+def _largest_filled(mask: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(mask)
     if n > 1:
         sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
@@ -43,9 +36,33 @@ def head_mask(volume: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
+def head_mask(volume: np.ndarray) -> np.ndarray:
+    """The head (or brain, for skull-stripped data): voxels above 10 % of the signal's 99th percentile over
+    the background, largest component, holes filled. Evaluation and cropping use it."""
+    background, signal = _background_and_signal(volume)
+    if signal.size == 0:
+        return np.zeros(volume.shape, dtype=bool)
+    threshold = background + 0.1 * (np.percentile(signal, 99) - background)
+    return _largest_filled(volume > threshold)
+
+
+def signal_mask(volume: np.ndarray) -> np.ndarray:
+    """The bright tissue the intensity normalisation is anchored on: Otsu threshold of the non-background
+    voxels (capped at their 40th percentile), largest component, holes filled. The shipped super-resolution
+    weights were trained with intensities normalised on this mask, so it stays as it is."""
+    background, signal = _background_and_signal(volume)
+    if signal.size == 0:
+        return np.zeros(volume.shape, dtype=bool)
+    try:
+        threshold = threshold_otsu(signal)
+    except ValueError:  # a single distinct value
+        threshold = background
+    return _largest_filled(volume > min(threshold, np.percentile(signal, 40)))
+
+
 def robust_range(volume: np.ndarray, mask: np.ndarray | None = None, percentiles=PERCENTILES) -> tuple[float, float]:
-    """Low and high intensity percentiles inside ``mask`` (the head by default); never a zero-width range."""
-    mask = head_mask(volume) if mask is None else mask
+    """Low and high intensity percentiles inside ``mask`` (``signal_mask`` by default); never zero-width."""
+    mask = signal_mask(volume) if mask is None else mask
     values = volume[mask] if mask.any() else volume.ravel()
     lo, hi = (float(v) for v in np.percentile(values, percentiles))
     if hi - lo < 1e-6:

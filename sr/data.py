@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
 from meddiffusion.io import load_image
-from meddiffusion.transforms import head_mask, normalise, robust_range
+from meddiffusion.transforms import normalise, robust_range, signal_mask
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class SRPairs(Dataset):
         low = degrade(high, task.scale, task.axis, slice_axis)
         intensity = robust_range(low)
         high_n, low_n = normalise(high, intensity), normalise(low, intensity)
-        mask = head_mask(high)
+        mask = signal_mask(high)
         normals = [slice_axis] if task.axis == "inplane" else [a for a in range(3) if a != slice_axis]
         out = []
         for normal in normals:

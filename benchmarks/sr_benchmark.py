@@ -1,0 +1,208 @@
+"""Super-resolution benchmark on real volumes held out from training.
+
+    python benchmarks/sr_benchmark.py [--weights-dir meddiffusion/pretrained] [--slices 8] [--out docs/benchmarks]
+
+Held out: BRATS 2012 HG0015 (T1, T1c, T2, FLAIR; embedded) and BRATS 2015 pat0006 (FLAIR, T1c; from
+../shared/data when present). For each volume a slab through the tumour is degraded (4x and 2x in-plane by
+k-space cropping, 4x through-plane by averaging slices), upscaled by every method, and scored inside the head
+(PSNR and slice-wise SSIM with the whole reference volume's head intensity range as data range, HFEN). Writes ``sr_results.json`` and
+``sr_table.md`` into ``--out``; docs/benchmarks.md quotes them with date, machine and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from meddiffusion.eval.image import hfen, lpips_or_reason, psnr, ssim
+from meddiffusion.sr.degradation import degrade, low_res_affine
+from meddiffusion.sr.pipeline import UpscaleOptions, upscale
+
+from meddiffusion.io import load_image
+from meddiffusion.sample_data import embedded_case
+from meddiffusion.transforms import head_mask
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_pat0006_1"
+
+
+def held_out() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """name -> (volume, affine, tumour-centre index) for every held-out volume available."""
+    case = embedded_case()
+    label = load_image(case["label"], label=True).data[0].numpy()
+    volumes = {}
+    for modality, contrast in (("t1", "T1"), ("t1ce", "T1c"), ("t2", "T2"), ("flair", "FLAIR")):
+        image = load_image(case[modality])
+        volumes[f"HG0015 {contrast}"] = (image.data[0].numpy(), image.affine, label)
+    if SHARED.exists():
+        seg = load_image(SHARED / "OTMultiClass.nii.gz", label=True).data[0].numpy()
+        for name, contrast in (("Flair_subtrMeanDivStd.nii.gz", "FLAIR"), ("T1c_subtrMeanDivStd.nii.gz", "T1c")):
+            image = load_image(SHARED / name)
+            volumes[f"pat0006 {contrast}"] = (image.data[0].numpy(), image.affine, seg)
+    return volumes
+
+
+def slab(label: np.ndarray, slices: int, crop: int | None = None) -> tuple[slice, slice, slice]:
+    """Window of ``slices`` axial slices through the tumour centre (optionally ``crop`` voxels in-plane)."""
+    centre = np.argwhere(label > 0).mean(0).astype(int)
+    z0 = int(np.clip(centre[2] - slices // 2, 0, label.shape[2] - slices))
+    xy = [slice(None), slice(None)]
+    if crop:
+        xy = [
+            slice(s0, s0 + crop)
+            for s0 in (
+                int(np.clip(c - crop // 2, 0, n - crop)) for c, n in zip(centre[:2], label.shape[:2], strict=True)
+            )
+        ]
+    return (*xy, slice(z0, z0 + slices))
+
+
+def score(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float) -> dict[str, float]:
+    return {
+        "psnr": psnr(pred, ref, data_range, mask),
+        "ssim": ssim(pred, ref, data_range, mask, slice_axis=2),
+        "hfen": hfen(pred, ref, mask=mask),
+    }
+
+
+def methods(task: str, full: bool) -> list[tuple[str, dict]]:
+    """(row name, UpscaleOptions overrides) for a task."""
+    rows = [
+        ("bicubic" if task != "through4" else "linear", {"method": "bicubic"}),
+        ("bicubic, no DC" if task != "through4" else "linear, no DC", {"method": "bicubic", "data_consistency": False}),
+        ("unet", {"method": "unet"}),
+        ("unet, no DC", {"method": "unet", "data_consistency": False}),
+    ]
+    steps = (1, 2, 4, 10, 50) if full else (4,)
+    rows += [(f"diffusion {s} steps", {"method": "diffusion", "steps": s}) for s in steps]
+    rows += [
+        ("diffusion 4 steps, no DC", {"method": "diffusion", "steps": 4, "data_consistency": False}),
+        ("diffusion 4 steps, mean of 4", {"method": "diffusion", "steps": 4, "samples": 4}),
+        ("diffusion 1 step, mean of 4", {"method": "diffusion", "steps": 1, "samples": 4}),
+    ]
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    tasks = {"inplane4": (4, "inplane"), "inplane2": (2, "inplane"), "through4": (4, "through")}
+    results: dict = {"tasks": {}, "lpips": None}
+    weights = {m: str(Path(args.weights_dir) / f"sr-{m}") for m in ("diffusion", "unet")}
+    volumes = held_out()
+    if args.quick:
+        volumes = dict(list(volumes.items())[:1])
+    for name, (volume, affine, label) in volumes.items():
+        volume = volume - min(float(volume.min()), 0.0)  # magnitude images: z-scored sets shifted to >= 0
+        head = head_mask(volume)
+        data_range = float(volume[head].max() - volume[head].min())  # of the whole volume, for every slab
+        for task, (scale, axis) in tasks.items():
+            window = slab(label, 48, crop=96) if axis == "through" else slab(label, args.slices)
+            ref, mask = volume[window], head[window]
+            low = degrade(ref, scale, axis)
+            rows = methods(task, full=task == "inplane4" and not args.quick)
+            for row, overrides in rows[:5] if args.quick else rows:
+                options = UpscaleOptions(scale=scale, axis=axis, progress=False, seed=0, **overrides)
+                if options.method != "bicubic":
+                    options.weights = weights[options.method]
+                started = time.perf_counter()
+                out = upscale(low, low_res_affine(affine, scale, axis), (1.0, 1.0, 1.0), options)
+                seconds = time.perf_counter() - started
+                entry = {**score(out.volume, ref, mask, data_range), "seconds": seconds}
+                results["tasks"].setdefault(task, {}).setdefault(row, {})[name] = entry
+                print(
+                    f"{task:9s} {name:14s} {row:30s} {entry['psnr']:6.2f} dB  SSIM {entry['ssim']:.4f}  "
+                    f"HFEN {entry['hfen']:.4f}  {seconds:6.1f} s",
+                    flush=True,
+                )
+            if results["lpips"] is None:
+                results["lpips"] = lpips_or_reason(ref, ref, data_range)
+    results["timing"] = timing(weights) if args.timing else None
+    return results
+
+
+def timing(weights: dict[str, str]) -> dict[str, float]:
+    """Seconds to upscale a 256 x 256 x 155 volume at 2x in-plane (input 128 x 128 x 155), whole volume."""
+    volume, _, _ = held_out().get("pat0006 FLAIR", next(iter(held_out().values())))
+    padded = np.zeros((256, 256, 155), np.float32)
+    sx, sy = min(volume.shape[0], 256), min(volume.shape[1], 256)
+    sz = min(volume.shape[2], 155)
+    padded[:sx, :sy, :sz] = volume[:sx, :sy, :sz] - volume.min()
+    low = degrade(padded, 2, "inplane")
+    out = {}
+    for row, overrides in (
+        ("bicubic", {"method": "bicubic"}),
+        ("unet", {"method": "unet"}),
+        ("diffusion 4 steps", {"method": "diffusion", "steps": 4}),
+        ("diffusion 1 step", {"method": "diffusion", "steps": 1}),
+    ):
+        options = UpscaleOptions(scale=2, progress=False, **overrides)
+        if options.method != "bicubic":
+            options.weights = weights[options.method]
+        started = time.perf_counter()
+        upscale(low, np.eye(4), (2.0, 2.0, 1.0), options)
+        out[row] = time.perf_counter() - started
+        print(f"timing 256x256x155 @2x {row}: {out[row]:.1f} s", flush=True)
+    return out
+
+
+def table(results: dict) -> str:
+    """Markdown: one table per task, a column per volume, plus mean and worst."""
+    lines = []
+    titles = {
+        "inplane4": "4x in-plane (k-space crop)",
+        "inplane2": "2x in-plane (k-space crop)",
+        "through4": "4x through-plane (4 thin slices averaged)",
+    }
+    for task, rows in results["tasks"].items():
+        names = list(next(iter(rows.values())))
+        lines += [
+            f"#### {titles[task]}: PSNR (dB) / SSIM, inside the head",
+            "",
+            "| method | " + " | ".join(names) + " | mean PSNR | worst PSNR | mean SSIM | mean HFEN | s / slab |",
+            "|---" * (len(names) + 6) + "|",
+        ]
+        for row, per_volume in rows.items():
+            p = [per_volume[n]["psnr"] for n in names]
+            cells = [f"{per_volume[n]['psnr']:.2f} / {per_volume[n]['ssim']:.3f}" for n in names]
+            lines.append(
+                f"| {row} | "
+                + " | ".join(cells)
+                + f" | **{np.mean(p):.2f}** | {np.min(p):.2f} | {np.mean([per_volume[n]['ssim'] for n in names]):.4f}"
+                f" | {np.mean([per_volume[n]['hfen'] for n in names]):.4f}"
+                f" | {np.mean([per_volume[n]['seconds'] for n in names]):.1f} |"
+            )
+        lines.append("")
+    if results.get("timing"):
+        lines += ["#### Whole volume 256 x 256 x 155 at 2x in-plane", "", "| method | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in results["timing"].items()]
+        lines.append("")
+    lines.append(f"LPIPS: {results['lpips']}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--weights-dir", default=str(Path(__file__).resolve().parents[1] / "meddiffusion" / "pretrained")
+    )
+    parser.add_argument("--slices", type=int, default=8, help="axial slices per in-plane slab")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks"))
+    parser.add_argument("--no-timing", dest="timing", action="store_false")
+    parser.add_argument("--quick", action="store_true", help="one volume, few methods: a smoke test of the script")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results = run(args)
+    results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or ''}"
+    results["wall_seconds"] = time.time() - started
+    (out / "sr_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "sr_table.md").write_text(table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
