@@ -5,8 +5,9 @@
 Held out: BRATS 2012 HG0015 (T1, T1c, T2, FLAIR; embedded) and BRATS 2015 pat0006 (FLAIR, T1c; from
 ../shared/data when present). For each volume a slab through the tumour is degraded (4x and 2x in-plane by
 k-space cropping, 4x through-plane by averaging slices), upscaled by every method, and scored inside the head
-(PSNR and slice-wise SSIM with the whole reference volume's head intensity range as data range, HFEN). Writes ``sr_results.json`` and
-``sr_table.md`` into ``--out``; docs/benchmarks.md quotes them with date, machine and command.
+(PSNR and slice-wise SSIM with the whole reference volume's head intensity range as data range, HFEN).
+Writes ``sr_results.json`` and ``sr_table.md`` into ``--out``; docs/benchmarks.md quotes them with date,
+machine and command.
 """
 
 from __future__ import annotations
