@@ -146,12 +146,16 @@ def evaluate_folders(
     if len(names) != len(preds):
         raise MeddiffError(f"{len(preds)} prediction folders but {len(names)} names")
     per_method: dict[str, list[dict[str, Any]]] = {}
+    examples: dict[str, tuple[str, Path, Path]] = {}
     for name, pred_dir in zip(names, preds, strict=True):
-        rows = []
-        for cid, p, r in match_cases(Path(pred_dir), Path(ref_dir)):
+        rows, pairs = [], match_cases(Path(pred_dir), Path(ref_dir))
+        for cid, p, r in pairs:
             metrics = evaluate_sr_files(p, r) if kind == "sr" else evaluate_seg_files(p, r, convention)
             rows.append({"case_id": cid, **metrics})
         per_method[name] = rows
+        key = "psnr" if kind == "sr" else "dice"
+        median = int(np.argsort([r[key] for r in rows])[len(rows) // 2])  # the median case, not the best
+        examples[name] = pairs[median]
         csv_path = out_dir / f"{name}_cases.csv"
         if csv_path.exists() and not force:
             raise MeddiffError("exists already (use --force to overwrite)", csv_path)
@@ -161,6 +165,7 @@ def evaluate_folders(
     write_json(summary, out_dir / "summary.json", force=True)
     (out_dir / "report.md").write_text(markdown_table(summary, keys))
     box_plot(per_method, keys, out_dir / "boxplot.png")
+    example_plot(kind, examples, out_dir / "examples.png")
     return summary
 
 
@@ -190,6 +195,41 @@ def box_plot(per_method: dict[str, list[dict[str, Any]]], keys: Sequence[str], p
         ax.boxplot(data)
         ax.set_xticks(range(1, len(per_method) + 1), list(per_method), rotation=30, ha="right")
         ax.set_title(key)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".png")
+    plt.close(fig)
+    return path
+
+
+def example_plot(kind: str, examples: dict[str, tuple[str, Path, Path]], path: Path) -> Path:
+    """Each method's median case, on the axial slice through the reference's centre of mass.
+
+    Segmentation: reference in grey, prediction outline in red. SR: prediction and its absolute error.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = 1 if kind == "seg" else 2
+    fig, axes = plt.subplots(rows, len(examples), figsize=(3.4 * len(examples), 3.4 * rows), squeeze=False)
+    for col, (name, (cid, pred_path, ref_path)) in enumerate(examples.items()):
+        pred = load_image(pred_path, label=kind == "seg").data[0].numpy()
+        ref = load_image(ref_path, label=kind == "seg").data[0].numpy()
+        weights = ref > 0 if kind == "seg" and ref.any() else np.abs(ref)
+        k = int(np.round(np.average(np.arange(ref.shape[2]), weights=weights.sum(axis=(0, 1)) + 1e-9)))
+        if kind == "seg":
+            axes[0][col].imshow(np.rot90(ref[:, :, k] > 0), cmap="gray")
+            if pred[:, :, k].any():
+                axes[0][col].contour(np.rot90(pred[:, :, k] > 0), levels=[0.5], colors="red", linewidths=1)
+        else:
+            vmax = float(np.percentile(ref, 99.5))
+            axes[0][col].imshow(np.rot90(pred[:, :, k]), cmap="gray", vmin=0, vmax=vmax)
+            axes[1][col].imshow(np.rot90(np.abs(pred - ref)[:, :, k]), cmap="inferno", vmin=0, vmax=0.25 * vmax)
+            axes[1][col].set_title("|error|", fontsize=9)
+        axes[0][col].set_title(f"{name}: {cid}, slice {k}", fontsize=9)
+    for ax in axes.ravel():
+        ax.axis("off")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".png")
     plt.close(fig)

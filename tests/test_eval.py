@@ -197,6 +197,8 @@ def test_cli_single_files_and_folder_report(real_crop, tmp_path, capsys):
     with Image.open(tmp_path / "report" / "boxplot.png") as png:
         assert png.size[0] > 300 and png.size[1] > 200
     assert "| a |" in (tmp_path / "report" / "report.md").read_text()
+    with Image.open(tmp_path / "report" / "examples.png") as png:
+        assert png.size == (680, 340)
     stats = compare_csv(tmp_path / "report" / "a_cases.csv", tmp_path / "report" / "b_cases.csv", ["dice"])
     assert stats["dice"]["mean_diff"] > 0
     # image-quality file mode, and a mismatched grid is a clear error

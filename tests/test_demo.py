@@ -1,0 +1,33 @@
+"""`meddiff demo` on the embedded real MRI with the shipped weights (the README's first command, made small)."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from meddiffusion.cli import main
+from meddiffusion.weights import PRETRAINED
+
+
+@pytest.mark.skipif(not (PRETRAINED / "sr-diffusion" / "model.safetensors").is_file(), reason="no shipped weights")
+def test_demo_writes_volumes_panel_and_provenance(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--slices", "4", "--steps", "1", "--samples", "2"]) == 0
+    reference = nib.load(out / "reference.nii.gz")
+    for name in ("bicubic", "unet", "diffusion", "diffusion_std"):
+        image = nib.load(out / f"{name}.nii.gz")
+        assert image.shape == reference.shape == (160, 216, 4)
+        assert np.allclose(image.affine, reference.affine)
+    low = nib.load(out / "lowres.nii.gz")
+    assert low.shape == (40, 54, 4) and np.allclose(low.header.get_zooms(), (4, 4, 1))
+    assert np.asarray(nib.load(out / "diffusion_std.nii.gz").dataobj).max() > 0
+    with Image.open(out / "panel.png") as png:
+        assert png.size[0] > 1000
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["diffusion"]["psnr"] > 20
+    record = json.loads((out / "provenance.json").read_text())
+    assert len(record["weights_sha256"]["diffusion"]) == 64
+    assert main(["demo", "--out", str(out)]) == 2  # no overwrite without --force
+    assert "--force" in capsys.readouterr().err
