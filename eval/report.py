@@ -21,6 +21,7 @@ from meddiffusion.eval.stats import paired_comparison
 
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import atomic_write, image_suffix, load_image, same_grid, strip_suffix, write_json
+from meddiffusion.plotting import save_figure, subplots
 
 SUMMARY_KEYS = {
     "sr": ("psnr", "ssim", "nrmse", "hfen"),
@@ -180,13 +181,8 @@ def markdown_table(summary: dict[str, dict[str, dict[str, float]]], keys: Sequen
 
 def box_plot(per_method: dict[str, list[dict[str, Any]]], keys: Sequence[str], path: Path) -> Path:
     """One panel per metric, one box per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     present = [k for k in keys if any(isinstance(r.get(k), float) for rows in per_method.values() for r in rows)]
-    fig, axes = plt.subplots(1, max(len(present), 1), figsize=(3.2 * max(len(present), 1), 3.6), squeeze=False)
+    fig, axes = subplots(1, max(len(present), 1), (3.2 * max(len(present), 1), 3.6))
     for ax, key in zip(axes[0], present, strict=False):
         data = [
             [r[key] for r in rows if isinstance(r.get(key), float) and math.isfinite(r[key])]
@@ -195,10 +191,7 @@ def box_plot(per_method: dict[str, list[dict[str, Any]]], keys: Sequence[str], p
         ax.boxplot(data)
         ax.set_xticks(range(1, len(per_method) + 1), list(per_method), rotation=30, ha="right")
         ax.set_title(key)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def example_plot(kind: str, examples: dict[str, tuple[str, Path, Path]], path: Path) -> Path:
@@ -206,13 +199,8 @@ def example_plot(kind: str, examples: dict[str, tuple[str, Path, Path]], path: P
 
     Segmentation: reference in grey, prediction outline in red. SR: prediction and its absolute error.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = 1 if kind == "seg" else 2
-    fig, axes = plt.subplots(rows, len(examples), figsize=(3.4 * len(examples), 3.4 * rows), squeeze=False)
+    fig, axes = subplots(rows, len(examples), (3.4 * len(examples), 3.4 * rows))
     for col, (name, (cid, pred_path, ref_path)) in enumerate(examples.items()):
         pred = load_image(pred_path, label=kind == "seg").data[0].numpy()
         ref = load_image(ref_path, label=kind == "seg").data[0].numpy()
@@ -230,10 +218,7 @@ def example_plot(kind: str, examples: dict[str, tuple[str, Path, Path]], path: P
         axes[0][col].set_title(f"{name}: {cid}, slice {k}", fontsize=9)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def compare_csv(a: str | Path, b: str | Path, metrics: Sequence[str] | None = None) -> dict[str, dict[str, float]]:

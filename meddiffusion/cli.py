@@ -115,34 +115,24 @@ def _sr_degrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_sr(args: argparse.Namespace) -> int:
-    from meddiffusion.eval.report import evaluate_folders, evaluate_sr_files
+def _eval(args: argparse.Namespace) -> int:
+    """``eval sr`` / ``eval seg``: files -> JSON on stdout; folders (one per method) -> report in --out."""
+    from meddiffusion.eval.report import evaluate_folders, evaluate_seg_files, evaluate_sr_files
 
+    convention = None if getattr(args, "convention", None) == "binary" else getattr(args, "convention", None)
     if all(Path(p).is_dir() for p in args.pred) and Path(args.ref).is_dir():
         if not args.out:
             raise MeddiffError("folder evaluation needs --out for the report")
-        summary = evaluate_folders("sr", args.pred, args.ref, args.out, args.names, force=args.force)
+        summary = evaluate_folders(args.kind, args.pred, args.ref, args.out, args.names, convention, force=args.force)
         print(json.dumps(summary, indent=2))
         return 0
     if len(args.pred) != 1:
         raise MeddiffError("give one prediction file, or prediction folders with a reference folder")
-    print(json.dumps(evaluate_sr_files(args.pred[0], args.ref, args.mask, args.data_range), indent=2))
-    return 0
-
-
-def _eval_seg(args: argparse.Namespace) -> int:
-    from meddiffusion.eval.report import evaluate_folders, evaluate_seg_files
-
-    convention = None if args.convention == "binary" else args.convention
-    if all(Path(p).is_dir() for p in args.pred) and Path(args.ref).is_dir():
-        if not args.out:
-            raise MeddiffError("folder evaluation needs --out for the report")
-        summary = evaluate_folders("seg", args.pred, args.ref, args.out, args.names, convention, force=args.force)
-        print(json.dumps(summary, indent=2))
-        return 0
-    if len(args.pred) != 1:
-        raise MeddiffError("give one prediction file, or prediction folders with a reference folder")
-    print(json.dumps(evaluate_seg_files(args.pred[0], args.ref, convention), indent=2))
+    if args.kind == "sr":
+        metrics = evaluate_sr_files(args.pred[0], args.ref, args.mask, args.data_range)
+    else:
+        metrics = evaluate_seg_files(args.pred[0], args.ref, convention)
+    print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -243,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="metrics, reports, paired statistics").add_subparsers(
         dest="eval_command", required=True
     )
-    for kind, handler in (("sr", _eval_sr), ("seg", _eval_seg)):
+    for kind in ("sr", "seg"):
         p = ev.add_parser(kind, help=f"evaluate {kind} predictions (files: JSON on stdout; folders: report)")
         p.add_argument("--pred", nargs="+", required=True, help="prediction file, or one folder per method")
         p.add_argument("--ref", required=True, help="reference file or folder")
@@ -255,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--data-range", type=float, help="default: reference max - min (inside the mask)")
         else:
             p.add_argument("--convention", default="brats2021", choices=["brats2021", "brats2023", "binary"])
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=_eval, kind=kind)
     cmp_ = ev.add_parser("compare", help="paired statistics between two per-case CSVs (B - A)")
     cmp_.add_argument("a")
     cmp_.add_argument("b")

@@ -15,7 +15,8 @@ import numpy as np
 
 from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.image import hfen, psnr, ssim
-from meddiffusion.io import atomic_write, load_image, save_nifti, write_json
+from meddiffusion.io import load_image, save_nifti, write_json
+from meddiffusion.plotting import save_figure, subplots
 from meddiffusion.provenance import provenance
 from meddiffusion.sample_data import embedded_case
 from meddiffusion.sr.degradation import degrade, low_res_affine
@@ -117,11 +118,6 @@ def panel(
     low: np.ndarray, outputs: dict[str, np.ndarray], reference: np.ndarray, std: np.ndarray, metrics: dict, path: Path
 ) -> Path:
     """PNG: input | bicubic | UNet | diffusion | reference on top; error maps and uncertainty below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     k = reference.shape[2] // 2
     vmax = float(np.percentile(reference, 99.5))
     columns = [
@@ -129,7 +125,7 @@ def panel(
         *[(n, v[:, :, k]) for n, v in outputs.items()],
         ("reference", reference[:, :, k]),
     ]
-    fig, axes = plt.subplots(2, len(columns), figsize=(3 * len(columns), 6.4))
+    fig, axes = subplots(2, len(columns), (3 * len(columns), 6.4))
     for ax, (name, img) in zip(axes[0], columns, strict=True):
         ax.imshow(np.rot90(img), cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
         subtitle = f"\n{metrics[name]['psnr']:.2f} dB, SSIM {metrics[name]['ssim']:.3f}" if name in metrics else ""
@@ -141,7 +137,4 @@ def panel(
         ax.set_title(f"|{name} - reference|", fontsize=9)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90), suffix=".png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)

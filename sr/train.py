@@ -139,30 +139,22 @@ def validation(config: SRTrainConfig, val_set: SRPairs, n_patches: int = 32, ste
     return validate
 
 
+def _pairs(config: SRTrainConfig, paths: list[str], seed: int, augment: bool) -> SRPairs:
+    data = config.data
+    return SRPairs(
+        paths, data.tasks(), data.patch_size, data.neighbours, data.residual_scale, seed=seed, augment=augment
+    )
+
+
 def run_training(
     config: SRTrainConfig, config_path: Path, out: Path, resume: bool = False, stop_at: int | None = None
 ) -> Path:
     """Train and write ``out/weights`` (EMA weights + config + training log); returns that folder."""
     torch.manual_seed(config.seed)
-    train_set = SRPairs(
-        config.data.train,
-        config.data.tasks(),
-        config.data.patch_size,
-        config.data.neighbours,
-        config.data.residual_scale,
-        seed=config.seed,
-    )
+    train_set = _pairs(config, config.data.train, seed=config.seed, augment=True)
     validate = None
     if config.data.val:
-        val_set = SRPairs(
-            config.data.val,
-            config.data.tasks(),
-            config.data.patch_size,
-            config.data.neighbours,
-            config.data.residual_scale,
-            seed=12345,
-            augment=False,
-        )
+        val_set = _pairs(config, config.data.val, seed=12345, augment=False)
         validate = validation(config, val_set)
     model = ConditionalUNet(config.network)
     scheduler = make_scheduler("ddpm", **dataclasses.asdict(config.schedule))
