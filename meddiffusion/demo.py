@@ -85,7 +85,7 @@ def run_demo(
     metrics = {
         name: {
             "psnr": psnr(r.volume, reference, data_range, mask),
-            "ssim": ssim(r.volume, reference, data_range, mask),
+            "ssim": ssim(r.volume, reference, data_range, mask, slice_axis=2),
             "hfen": hfen(r.volume, reference, mask=mask),
         }
         for name, r in results.items()
@@ -98,7 +98,11 @@ def run_demo(
     panel(
         low, {k: v.volume for k, v in results.items()}, reference, results["diffusion"].std, metrics, out / "panel.png"
     )
-    write_json({"data_range": data_range, "mask": "head (Otsu)", "metrics": metrics}, out / "metrics.json", force=True)
+    write_json(
+        {"data_range": data_range, "mask": "head (meddiffusion.transforms.head_mask)", "metrics": metrics},
+        out / "metrics.json",
+        force=True,
+    )
     write_json(
         provenance(
             input=str(case[modality]),

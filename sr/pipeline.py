@@ -118,7 +118,7 @@ def upscale(
     intensity = robust_range(positive)
     low = normalise(positive, intensity)
     normals = [slice_axis] if options.axis == "inplane" else [a for a in range(3) if a != slice_axis]
-    info: dict[str, Any] = {"slice_axis": slice_axis, "intensity_range": intensity, **dataclasses.asdict(options)}
+    info: dict[str, Any] = {**dataclasses.asdict(options), "slice_axis": slice_axis, "intensity_range": intensity}
 
     if options.method == "bicubic":
         mode = "bicubic" if options.axis == "inplane" else "bilinear"  # through-plane: linear along one axis

@@ -158,6 +158,6 @@ def test_shipped_weights_upscale_a_real_volume_on_cpu(real_crop, tmp_path):
     assert np.allclose(sr.affine, image.affine, atol=1e-4)
     assert (tmp_path / "t2_sr_std.nii.gz").exists()
     record = json.loads((tmp_path / "t2_sr.json").read_text())
-    assert len(record["weights_sha256"]) == 64 and record["options"]["samples"] == 2
+    assert len(record["weights_sha256"]) == 64 and record["options"]["samples"] == 2 and record["slice_axis"] == 2
     ref = image.data[0].numpy()
     assert np.mean((np.asarray(sr.dataobj) - ref) ** 2) < np.mean((np.repeat(np.repeat(low, 2, 0), 2, 1) - ref) ** 2)
