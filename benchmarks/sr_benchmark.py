@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from meddiffusion.eval.image import hfen, lpips_or_reason, psnr, ssim
-from meddiffusion.sr.degradation import degrade, low_res_affine
-from meddiffusion.sr.pipeline import UpscaleOptions, upscale
 
+from meddiffusion.eval.image import hfen, lpips_or_reason, psnr, ssim
 from meddiffusion.io import load_image
 from meddiffusion.sample_data import embedded_case
+from meddiffusion.sr.degradation import degrade, low_res_affine
+from meddiffusion.sr.pipeline import UpscaleOptions, upscale
 from meddiffusion.transforms import head_mask
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_pat0006_1"

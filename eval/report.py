@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.image import image_metrics
 from meddiffusion.eval.segmentation import evaluate_segmentation
 from meddiffusion.eval.stats import paired_comparison
-
-from meddiffusion.errors import MeddiffError
 from meddiffusion.io import atomic_write, image_suffix, load_image, same_grid, strip_suffix, write_json
 from meddiffusion.plotting import save_figure, subplots
 

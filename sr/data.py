@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from meddiffusion.sr.degradation import check_fits, degrade
-from meddiffusion.sr.interpolation import upsample_planes
 from torch.utils.data import Dataset
 
 from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
 from meddiffusion.io import load_image
+from meddiffusion.sr.degradation import check_fits, degrade
+from meddiffusion.sr.interpolation import upsample_planes
 from meddiffusion.transforms import normalise, robust_range, signal_mask
 
 

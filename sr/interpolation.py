@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from meddiffusion.sr.degradation import high_res_positions
 
 

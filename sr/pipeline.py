@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from meddiffusion.sr.data import Task, from_planes, interpolate_volume, to_planes
-from meddiffusion.sr.degradation import AXES, data_consistency, high_res_affine
 from monai.inferers import sliding_window_inference
 from tqdm.auto import tqdm
 
 from meddiffusion.data.sampling import neighbour_stack
 from meddiffusion.diffusion import ConditionalUNet, make_scheduler, sample
 from meddiffusion.errors import MeddiffError
+from meddiffusion.sr.data import Task, from_planes, interpolate_volume, to_planes
+from meddiffusion.sr.degradation import AXES, data_consistency, high_res_affine
 from meddiffusion.transforms import denormalise, normalise, robust_range
 from meddiffusion.weights import load_weights, pretrained, weights_hash
 

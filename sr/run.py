@@ -10,11 +10,11 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-from meddiffusion.sr.degradation import degrade, low_res_affine
-from meddiffusion.sr.pipeline import UpscaleOptions, UpscaleResult, default_slice_axis, upscale
 
 from meddiffusion.io import check_output, load_image, save_nifti, strip_suffix, write_json
 from meddiffusion.provenance import provenance
+from meddiffusion.sr.degradation import degrade, low_res_affine
+from meddiffusion.sr.pipeline import UpscaleOptions, UpscaleResult, default_slice_axis, upscale
 
 
 def sidecars(output: str | Path, with_std: bool) -> dict[str, Path]:

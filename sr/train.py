@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from meddiffusion.sr.data import SRPairs, Task
-from meddiffusion.sr.degradation import AXES
 
 from meddiffusion.config import from_dict, load_yaml, resolve_data_path
 from meddiffusion.diffusion import ConditionalUNet, NetworkConfig, make_scheduler, sample
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import write_json
 from meddiffusion.provenance import provenance
+from meddiffusion.sr.data import SRPairs, Task
+from meddiffusion.sr.degradation import AXES
 from meddiffusion.training import TrainConfig, train
 from meddiffusion.weights import save_weights, weights_hash
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torchio as tio
-from conftest import write_nifti
 
+from conftest import write_nifti
 from meddiffusion.cli import main
 from meddiffusion.data import detect_layout, kfold_splits, read_dataset, train_test_split
 from meddiffusion.data.check import check_dataset

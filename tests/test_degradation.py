@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+from meddiffusion.errors import MeddiffError
 from meddiffusion.sr.degradation import (
     data_consistency,
     degrade,
@@ -10,8 +12,6 @@ from meddiffusion.sr.degradation import (
     low_res_affine,
     thick_slice_downsample,
 )
-
-from meddiffusion.errors import MeddiffError
 
 
 def test_thick_slices_are_means_of_consecutive_slices():

@@ -5,17 +5,17 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from monai.metrics import compute_dice
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
 from conftest import write_nifti
+from meddiffusion.cli import main
+from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.image import LpipsUnavailable, hfen, lpips_distance, nrmse, psnr, ssim
 from meddiffusion.eval.report import compare_csv, evaluate_folders
 from meddiffusion.eval.segmentation import EMPTY_HD95, binary_metrics, evaluate_segmentation, lesion_detection
 from meddiffusion.eval.stats import paired_comparison
 from meddiffusion.eval.synthesis import intensity_distance, nearest_training_distance, size_fidelity
-from monai.metrics import compute_dice
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-from meddiffusion.cli import main
-from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image
 
 

@@ -2,8 +2,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torchio as tio
-from conftest import write_nifti
 
+from conftest import write_nifti
 from meddiffusion.cli import main
 from meddiffusion.errors import MeddiffError
 from meddiffusion.info import describe

@@ -6,13 +6,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import write_nifti
-from meddiffusion.sr.degradation import degrade, low_res_affine
-from meddiffusion.sr.pipeline import UpscaleOptions, upscale
 
+from conftest import write_nifti
 from meddiffusion.cli import main
 from meddiffusion.diffusion import ConditionalUNet, NetworkConfig
 from meddiffusion.io import load_image
+from meddiffusion.sr.degradation import degrade, low_res_affine
+from meddiffusion.sr.pipeline import UpscaleOptions, upscale
 from meddiffusion.weights import PRETRAINED, save_weights
 
 SHIPPED = (PRETRAINED / "sr-diffusion" / "model.safetensors").is_file()

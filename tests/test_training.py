@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from meddiffusion.sr.data import SRPairs, Task
-from meddiffusion.sr.train import diffusion_loss, regression_loss
 
 from meddiffusion.diffusion import ConditionalUNet, NetworkConfig, make_scheduler
 from meddiffusion.errors import MeddiffError
+from meddiffusion.sr.data import SRPairs, Task
+from meddiffusion.sr.train import diffusion_loss, regression_loss
 from meddiffusion.training import TrainConfig, train
 
 

@@ -1,0 +1,61 @@
+"""Config validation, `meddiff sr degrade` and `meddiff data split` from the command line."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from meddiffusion.cli import main
+from meddiffusion.errors import MeddiffError
+from meddiffusion.sr.degradation import low_res_affine
+from meddiffusion.sr.train import load_sr_config
+
+
+def test_training_config_is_validated_with_the_file_named(tmp_path):
+    good = tmp_path / "ok.yaml"
+    good.write_text("method: unet\nnetwork: {diffusion: false}\ndata: {train: [a.nii.gz]}\n")
+    with pytest.raises(MeddiffError, match=r"ok.yaml: data.train lists missing files"):
+        load_sr_config(good)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("method: diffusion\ntrain: {stpes: 10}\ndata: {train: [a.nii.gz]}\n")
+    with pytest.raises(MeddiffError, match=r"typo.yaml: unknown key\(s\) stpes"):
+        load_sr_config(typo)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("method: diffusion\ntrain: {steps: many}\ndata: {train: [a.nii.gz]}\n")
+    with pytest.raises(MeddiffError, match="steps = 'many' is not of type int"):
+        load_sr_config(wrong)
+
+
+def test_shipped_configs_load(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shared = root.parent / "shared" / "data"
+    if not shared.exists():
+        pytest.skip("../shared/data (training volumes) not present beside this checkout")
+    for name in ("sr_diffusion.yaml", "sr_unet.yaml"):
+        config, _ = load_sr_config(root / "configs" / name)
+        assert config.network.diffusion == (config.method == "diffusion") and len(config.data.train) == 11
+
+
+def test_degrade_cli_writes_the_low_resolution_grid(real_crop, tmp_path):
+    out = tmp_path / "low.nii.gz"
+    assert main(["sr", "degrade", str(real_crop["t2"]), str(out), "--scale", "4", "--axis", "through"]) == 0
+    high, low = nib.load(real_crop["t2"]), nib.load(out)
+    assert low.shape == (64, 64, 8)
+    assert np.allclose(low.affine, low_res_affine(high.affine, 4, "through"))
+    assert np.allclose(np.asarray(low.dataobj)[..., 0], np.asarray(high.dataobj)[..., :4].mean(-1), atol=1e-3)
+    assert json.loads((tmp_path / "low.json").read_text())["scale"] == 4
+    assert main(["sr", "degrade", str(real_crop["t2"]), str(out), "--scale", "4"]) == 2  # exists, no --force
+
+
+def test_data_split_cli(real_crop, tmp_path, capsys):
+    import shutil
+
+    for case in ("P1", "P2", "P3"):
+        (tmp_path / case).mkdir()
+        shutil.copy(real_crop["flair"], tmp_path / case / f"{case}_flair.nii.gz")
+    assert main(["data", "split", str(tmp_path), "--folds", "3", "--seed", "1"]) == 0
+    folds = json.loads(capsys.readouterr().out)["splits"]
+    assert sorted(f["test"][0] for f in folds) == ["P1", "P2", "P3"]
