@@ -123,7 +123,10 @@ def train(
         drop_last=True,
     )
     loader = accelerator.prepare(loader)
-    generator = torch.Generator(device=accelerator.device).manual_seed(seed * 1_000_003 + step)
+    # noise differs between processes (and continues after a resume) but is fixed by the seed
+    generator = torch.Generator(device=accelerator.device).manual_seed(
+        seed * 1_000_003 + step + 7919 * accelerator.process_index
+    )
     writer = _tensorboard(run_dir) if accelerator.is_main_process else None
     bar = tqdm(total=config.steps, initial=step, desc="train", disable=not accelerator.is_main_process)
     started, running = time.time(), []
