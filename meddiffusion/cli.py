@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--modality", default="t1ce", choices=["t1", "t1ce", "t2", "flair"])
     demo.add_argument("--scale", type=int, default=4, choices=[2, 4])
     demo.add_argument("--slices", type=int, default=24, help="slab thickness through the tumour (slices)")
-    demo.add_argument("--steps", type=int, default=4)
+    demo.add_argument("--steps", type=int, default=1)
     demo.add_argument("--samples", type=int, default=2)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
@@ -200,7 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="inplane: k-space crop on both in-plane axes; through: thick slices (see README)",
     )
     up.add_argument("--method", default="diffusion", choices=["diffusion", "unet", "bicubic"])
-    up.add_argument("--steps", type=int, default=4, help="sampler steps (network evaluations per plane)")
+    up.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="sampler steps = network evaluations per plane (default 1: best measured, see docs/benchmarks.md)",
+    )
     up.add_argument("--samples", type=int, default=1, help="K > 1 averages K samples and writes OUTPUT_std.nii.gz")
     up.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++", "ddpm"])
     up.add_argument("--no-data-consistency", action="store_true", help="skip the projection onto the measured data")

@@ -42,7 +42,7 @@ def run_demo(
     modality: str = "t1ce",
     scale: int = 4,
     slices: int = 24,
-    steps: int = 4,
+    steps: int = 1,
     samples: int = 2,
     seed: int = 0,
     device: str = "cpu",
