@@ -193,9 +193,15 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks"))
     parser.add_argument("--no-timing", dest="timing", action="store_false")
     parser.add_argument("--quick", action="store_true", help="one volume, few methods: a smoke test of the script")
+    parser.add_argument("--only-timing", action="store_true", help="only the whole-volume timing (sr_timing.json)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.only_timing:
+        weights = {m: str(Path(args.weights_dir) / f"sr-{m}") for m in ("diffusion", "unet")}
+        record = {"seconds": timing(weights), "threads": torch.get_num_threads(), "machine": platform.machine()}
+        (out / "sr_timing.json").write_text(json.dumps(record, indent=2) + "\n")
+        return
     started = time.time()
     results = run(args)
     results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or ''}"
