@@ -52,7 +52,7 @@ def _stored_dtype(path: Path) -> str:
     """The on-disk data type (the loaded tensor is float32 whatever the file holds)."""
     try:
         return str(nib.load(str(path)).get_data_dtype())
-    except Exception:  # MetaImage: ask SimpleITK
+    except nib.filebasedimages.ImageFileError:  # MetaImage: ask SimpleITK
         import SimpleITK as sitk
 
         reader = sitk.ImageFileReader()

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
+from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image
 from meddiffusion.sr.degradation import check_fits, degrade
 from meddiffusion.sr.interpolation import upsample_planes
@@ -101,8 +102,8 @@ class SRPairs(Dataset):
         high = high - min(float(high.min()), 0.0)  # magnitude images are non-negative (some sets are z-scored)
         try:
             check_fits(high.shape, task.scale, axes)
-        except Exception:
-            return []
+        except MeddiffError:
+            return []  # a volume too small for this task contributes to the others
         if task.axis == "through" and high.shape[slice_axis] < 8 * task.scale:
             return []  # thick-slice volumes (e.g. 26 slices of 5.5 mm) are in-plane training data only
         low = degrade(high, task.scale, task.axis, slice_axis)
