@@ -109,3 +109,20 @@ def test_hybrid_loss_combines_terms_and_decreases_when_fitting_a_real_label(real
         loss.backward()
         opt.step()
     assert loss_fn(logits, target).item() < 0.5 * first
+
+
+def test_gradnorm_lifts_the_term_with_the_weaker_gradient_and_keeps_the_sum():
+    from meddiffusion.segmentation.reweighting import GradNorm
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 1)
+    reweight = GradNorm(["strong", "weak"], alpha=0.0, lr=0.05)
+    x = torch.randn(16, 4)
+    for _ in range(30):
+        out = layer(x)
+        losses = {"strong": 10.0 * out.pow(2).mean(), "weak": 0.1 * out.pow(2).mean()}
+        total = reweight(losses, list(layer.parameters()))
+        assert total.requires_grad
+    weights = reweight.as_dict()
+    assert weights["weak"] > weights["strong"]
+    assert sum(weights.values()) == pytest.approx(2.0)
