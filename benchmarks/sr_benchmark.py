@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def timing(weights: dict[str, str]) -> dict[str, float]:
     """Seconds to upscale a 256 x 256 x 155 volume at 2x in-plane (input 128 x 128 x 155), whole volume."""
-    volume, _, _ = held_out().get("pat0006 FLAIR", next(iter(held_out().values())))
+    volumes = held_out()
+    volume, _, _ = volumes.get("pat0006 FLAIR", next(iter(volumes.values())))
     padded = np.zeros((256, 256, 155), np.float32)
     sx, sy = min(volume.shape[0], 256), min(volume.shape[1], 256)
     sz = min(volume.shape[2], 155)

@@ -119,7 +119,8 @@ def _eval(args: argparse.Namespace) -> int:
     """``eval sr`` / ``eval seg``: files -> JSON on stdout; folders (one per method) -> report in --out."""
     from meddiffusion.eval.report import evaluate_folders, evaluate_seg_files, evaluate_sr_files
 
-    convention = None if getattr(args, "convention", None) == "binary" else getattr(args, "convention", None)
+    convention = getattr(args, "convention", None)  # seg only; "binary" = foreground as one region
+    convention = None if convention == "binary" else convention
     if all(Path(p).is_dir() for p in args.pred) and Path(args.ref).is_dir():
         if not args.out:
             raise MeddiffError("folder evaluation needs --out for the report")

@@ -153,13 +153,20 @@ def _network_samples(
     scheduler = make_scheduler(options.sampler, **config["schedule"])
     multiple = model.config.downsampling
     conditions = torch.tensor([task.conditions()], dtype=torch.float32, device=device)
+    # the interpolated conditioning planes are the same for every sample: computed once per plane family
+    plane_stacks = {
+        normal: torch.from_numpy(
+            np.ascontiguousarray(
+                to_planes(interpolate_volume(low, task, slice_axis, normal, "bicubic"), task.axis, slice_axis, normal)
+            )
+        )
+        for normal in normals
+    }
     samples = []
     for k in range(options.samples):
         generator = torch.Generator(device).manual_seed(options.seed * 1000 + k)
         per_normal = []
-        for normal in normals:
-            up = interpolate_volume(low, task, slice_axis, normal, mode="bicubic")
-            planes = torch.from_numpy(np.ascontiguousarray(to_planes(up, task.axis, slice_axis, normal)))
+        for normal, planes in plane_stacks.items():
             h, w = planes.shape[1:]
             roi = tuple(min(options.tile, -(-n // multiple) * multiple) for n in (h, w))
 
