@@ -144,6 +144,57 @@ def _eval_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seg_config(args: argparse.Namespace):
+    from meddiffusion.segmentation.train import load_seg_config
+
+    overrides = {"data.data": str(Path(args.data).resolve())} if args.data else {}
+    for flag, key in (
+        ("model", "network.model"),
+        ("steps", "train.steps"),
+        ("mixed_precision", "train.mixed_precision"),
+    ):
+        if getattr(args, flag, None) is not None:
+            overrides[key] = getattr(args, flag)
+    if getattr(args, "synthetic", None):
+        overrides["data.synthetic"] = [str(Path(p).resolve()) for p in args.synthetic]
+        overrides["data.synthetic_ratio"] = args.synthetic_ratio
+    elif getattr(args, "synthetic_ratio", None):
+        raise MeddiffError("--synthetic-ratio needs --synthetic DIR")
+    if getattr(args, "val_cases", None):
+        overrides["data.val_cases"] = args.val_cases
+    return load_seg_config(args.config, overrides)
+
+
+def _seg_train(args: argparse.Namespace) -> int:
+    from meddiffusion.segmentation.train import run_training
+
+    folder = run_training(_seg_config(args), Path(args.out), resume=args.resume, stop_at=args.stop_at)
+    print(f"wrote {folder}")
+    return 0
+
+
+def _seg_predict(args: argparse.Namespace) -> int:
+    from meddiffusion.segmentation.predict import input_case, predict_case
+
+    if len(args.paths) > 2:
+        raise MeddiffError("give INPUT OUTPUT, or OUTPUT with one file per modality (--flair F --t1ce F ...)")
+    case_dir, output = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
+    files = {m: getattr(args, m) for m in ("t1", "t1ce", "t2", "flair")}
+    labels = predict_case(input_case(case_dir, files), output, args.weights, force=args.force)
+    print(f"wrote {output} ({int((labels > 0).sum())} tumour voxels)")
+    return 0
+
+
+def _seg_ablate(args: argparse.Namespace) -> int:
+    from meddiffusion.segmentation.ablation import cross_validate, summary_table
+
+    rows = cross_validate(_seg_config(args), args.out, args.variants, args.folds, args.seed)
+    table = summary_table(rows)
+    (Path(args.out) / "summary.md").write_text(table)
+    print(table)
+    return 0
+
+
 def _not_yet(feature: str, issue: int) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         raise MeddiffError(f"'meddiff {feature}' is not part of this release yet (tracked in issue #{issue})")
@@ -258,11 +309,51 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--metrics", nargs="+")
     cmp_.set_defaults(handler=_eval_compare)
 
-    for name, issue in (("synth", 6), ("seg", 8)):
+    _add_seg(commands)
+    for name, issue in (("synth", 6),):
         sub = commands.add_parser(name, help=f"(not in this release; issue #{issue})")
         sub.add_argument("rest", nargs=argparse.REMAINDER)
         sub.set_defaults(handler=_not_yet(name, issue))
     return parser
+
+
+def _add_seg(commands) -> None:
+    from meddiffusion.segmentation.variants import VARIANTS
+
+    seg = commands.add_parser("seg", help="tumour segmentation (dual-path network, MONAI baselines)")
+    sub = seg.add_subparsers(dest="seg_command", required=True)
+
+    def data_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
+        p.add_argument("--data", required=data_required, help="data set: BraTS/nnU-Net folder or CSV list")
+        p.add_argument("--config", help="YAML config (defaults: segmentation/train.py; e.g. configs/seg_dualpath.yaml)")
+        p.add_argument("--model", choices=["dualpath", "unet", "swinunetr"], help="override network.model")
+        p.add_argument("--steps", type=int, help="override train.steps")
+        p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override train.mixed_precision")
+        p.add_argument("--out", required=True, help="run folder")
+
+    train = sub.add_parser("train", help="train a segmenter on a data set (+ synthetic cases)")
+    data_flags(train, data_required=False)
+    train.add_argument("--synthetic", nargs="+", help="synthetic data-set folder(s) mixed into training")
+    train.add_argument("--synthetic-ratio", type=float, default=0.0, help="fraction of patches from --synthetic")
+    train.add_argument("--val-cases", nargs="+", help="case ids held out for validation and the best checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    train.add_argument("--stop-at", type=int, help="end this run at that step (checkpointed); continue with --resume")
+    train.set_defaults(handler=_seg_train)
+
+    predict = sub.add_parser("predict", help="segment a case into a BraTS 2021 label map")
+    predict.add_argument("paths", nargs="+", metavar="[INPUT] OUTPUT", help="case folder (optional) and output")
+    for m in ("t1", "t1ce", "t2", "flair"):
+        predict.add_argument(f"--{m}", help=f"{m} image (instead of, or over, the case folder's)")
+    predict.add_argument("--weights", help="weights folder (default: the shipped dual-path weights)")
+    predict.add_argument("--force", action="store_true")
+    predict.set_defaults(handler=_seg_predict)
+
+    ablate = sub.add_parser("ablate", help="cross-validate the full model, its ablations and baselines")
+    data_flags(ablate, data_required=True)
+    ablate.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ablate.add_argument("--folds", type=int, default=5)
+    ablate.add_argument("--seed", type=int, default=0)
+    ablate.set_defaults(handler=_seg_ablate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

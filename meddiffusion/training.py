@@ -9,7 +9,8 @@ import csv
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,10 @@ class _RangeSampler(Sampler[int]):
         return self.stop - self.start
 
 
-LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Generator], torch.Tensor]
+#: returns the loss, or (loss, {name: value}) to log more quantities (loss terms, their weights, timings)
+LossFn = Callable[
+    [torch.nn.Module, dict[str, torch.Tensor], torch.Generator], torch.Tensor | tuple[torch.Tensor, dict[str, float]]
+]
 ValidateFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
@@ -78,12 +82,15 @@ def train(
     validate: ValidateFn | None = None,
     resume: bool = False,
     stop_at: int | None = None,
+    extra_state: Sequence[Any] = (),
 ) -> torch.nn.Module:
     """Train ``model`` for ``config.steps`` optimiser steps; returns it with its EMA weights loaded.
 
     ``run_dir/checkpoint`` is replaced atomically every ``checkpoint_every`` steps; ``resume=True`` continues
     from it with optimiser, LR schedule, EMA and RNG state restored. ``stop_at`` ends this invocation at
     that step (checkpointed) without changing the schedule, for time-boxed runs continued later.
+    ``extra_state``: objects with ``state_dict``/``load_state_dict`` the loss keeps (e.g. learned loss
+    weights), saved in and restored from the checkpoint with the rest.
     """
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT
@@ -105,6 +112,8 @@ def train(
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
     ema.to(accelerator.device)
+    if extra_state:
+        accelerator.register_for_checkpointing(*extra_state)
 
     step = 0
     if resume:
@@ -129,11 +138,15 @@ def train(
     )
     writer = _tensorboard(run_dir) if accelerator.is_main_process else None
     bar = tqdm(total=config.steps, initial=step, desc="train", disable=not accelerator.is_main_process)
-    started, running = time.time(), []
+    started, running, extras = time.time(), [], defaultdict(list)
     model.train()
     for batch in loader:
         with accelerator.accumulate(model):
             loss = loss_fn(model, batch, generator)
+            if isinstance(loss, tuple):
+                loss, logged = loss
+                for key, value in logged.items():
+                    extras[key].append(float(value))
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -154,11 +167,12 @@ def train(
                 "loss": mean,
                 "lr": lr_schedule.get_last_lr()[0],
                 "elapsed_s": round(time.time() - started, 1),
+                **{key: sum(values) / len(values) for key, values in extras.items()},
             }
             _append_csv(run_dir / LOG, row)
             if writer:
                 writer.add_scalar("loss", mean, step)
-            running = []
+            running, extras = [], defaultdict(list)
         if (
             validate is not None
             and accelerator.is_main_process

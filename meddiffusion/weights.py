@@ -8,6 +8,7 @@ provenance so a result can be traced to the exact file that made it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,18 @@ CONFIG_FILE = "config.json"
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 
 
-def save_weights(folder: str | Path, model: ConditionalUNet, extra: dict[str, Any]) -> Path:
-    """Write ``model`` (its state dict, contiguous tensors) and its config into ``folder`` atomically."""
+def save_weights(
+    folder: str | Path, model: torch.nn.Module, extra: dict[str, Any], network: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` (its state dict, contiguous tensors) and its config into ``folder`` atomically.
+
+    ``network``: the config that rebuilds the network (default: ``model.config``, as diffusion models carry it).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)), suffix=".safetensors")
-    config = {"network": model.config.to_dict(), **extra}
+    config = {"network": network if network is not None else model.config.to_dict(), **extra}
     text = json.dumps(config, indent=2)
     atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(text + "\n"), suffix=".json")
     return folder
@@ -48,12 +54,19 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise MeddiffError(f"invalid JSON ({exc})", path) from exc
 
 
-def load_weights(folder: str | Path, device: str | torch.device = "cpu") -> tuple[ConditionalUNet, dict[str, Any]]:
-    """Build the network from ``config.json`` and load its weights; returns (model in eval mode, config)."""
+def load_weights(
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    build: Callable[[dict[str, Any]], torch.nn.Module] | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the network from ``config.json`` and load its weights; returns (model in eval mode, config).
+
+    ``build`` makes the network from the whole config (default: the conditional diffusion UNet).
+    """
     folder = Path(folder)
     config = read_config(folder)
     try:
-        model = ConditionalUNet(NetworkConfig(**config["network"]))
+        model = build(config) if build else ConditionalUNet(NetworkConfig(**config["network"]))
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise MeddiffError(f"weights do not match their config ({exc})", folder) from exc

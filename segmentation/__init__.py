@@ -1,5 +1,4 @@
-"""Dual-path segmentation: the network (``network``), deformable attention (``deformable``), losses (``losses``)
-and GradNorm loss reweighting (``reweighting``).
-
-Work in progress towards issue #8: the trainer, ``meddiff seg`` and shipped weights are not in this release yet.
+"""Dual-path tumour segmentation: the network (``network``, ``deformable``), the baselines (``models``,
+``baselines``), losses (``losses``), GradNorm reweighting (``reweighting``), the data path (``data``), the trainer
+(``train``), inference (``predict``) and cross-validated ablations (``ablation``, ``variants``).
 """

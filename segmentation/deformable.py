@@ -49,7 +49,8 @@ class DeformableAttention(nn.Module):
             raise ValueError(f"expected {lv} feature levels, got {len(values)}")
         offsets = self.sampling_offsets(query).view(b, n, h, lv, p, d)
         weights = self.attention_weights(query).view(b, n, h, lv * p).softmax(-1).view(b, n, h, lv, p)
-        sampled = []
+        w = weights.permute(0, 2, 3, 1, 4)  # [B, H, L, N, P]
+        attended = query.new_zeros(b, h, c // h, n)
         for level, value in enumerate(values):
             spatial = value.shape[2:]
             # offsets are in voxels of this level; grid_sample wants (x, y[, z]) = (last, ..., first) axis order
@@ -61,10 +62,8 @@ class DeformableAttention(nn.Module):
             if d == 3:
                 grid = grid[:, :, :, None, :]
             out = F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            sampled.append(out.reshape(b, h, c // h, n, p))  # [B, H, C/H, N, P]
-        stacked = torch.stack(sampled, dim=-2)  # [B, H, C/H, N, L, P]
-        w = weights.permute(0, 2, 1, 3, 4)[:, :, None]  # [B, H, 1, N, L, P]
-        attended = (stacked * w).sum((-1, -2))  # [B, H, C/H, N]
+            # weighted sum over this level's points, accumulated level by level (no [.., L, P] stack in memory)
+            attended = attended + torch.einsum("bhcnp,bhnp->bhcn", out.reshape(b, h, c // h, n, p), w[:, :, level])
         return self.output_proj(attended.permute(0, 3, 1, 2).reshape(b, n, c))
 
 

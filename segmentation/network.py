@@ -3,8 +3,9 @@ resolution levels, for 2D or 3D inputs (``spatial_dims``, as MONAI's networks ta
 
 CNN branch: a residual U-Net encoder from MONAI ``ResidualUnit`` blocks. Transformer branch: its own strided
 convolution pyramid, projected to ``d_model`` tokens at every level; one multi-scale deformable attention layer
-lets every token attend to a few learned points on all four levels (``attention="window"`` swaps in plain
-windowed self-attention per level, for the ablation). Each level's encoder feature receives the Transformer's
+lets every token of the three coarser levels attend to a few learned points on all four levels, and the finest
+level receives that context upsampled (``attention="window"`` swaps in plain windowed self-attention per level,
+for the ablation). Each level's encoder feature receives the Transformer's
 (projected back) by addition; a residual decoder with skip connections produces the logits. Either branch can
 be dropped (``use_cnn`` / ``use_transformer``) for the ablations.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.layers import Norm
 from torch import nn
@@ -80,7 +82,7 @@ class DualPathSegNet(nn.Module):
             if attention == "deformable":
                 self.attention = DeformableAttention(d_model, spatial_dims, n_heads, n_levels=4, n_points=n_points)
             else:
-                self.attention = nn.ModuleList(WindowAttention(d_model, spatial_dims, n_heads) for _ in channels)
+                self.attention = nn.ModuleList(WindowAttention(d_model, spatial_dims, n_heads) for _ in channels[1:])
         self.up = nn.ModuleList(
             Convolution(
                 spatial_dims, channels[i + 1], channels[i], strides=2, kernel_size=3, norm=norm, is_transposed=True
@@ -102,24 +104,28 @@ class DualPathSegNet(nn.Module):
             x = conv(x)
             maps.append(x)
         tokens = [proj(m) for proj, m in zip(self.to_tokens, maps, strict=True)]
+        # queries live on the three coarser levels (strides 2-8, as Deformable DETR's encoder works on its
+        # coarser maps); values come from all four; the finest level receives the context upsampled
         if self.attention_kind == "window":
-            out = []
-            for attn, t in zip(self.attention, tokens, strict=True):
+            attended = []
+            for attn, t in zip(self.attention, tokens[1:], strict=True):
                 t = t + attn(t)
                 flat = t.flatten(2).transpose(1, 2)
-                out.append(t + self.mlp(self.norm2(flat)).transpose(1, 2).reshape(t.shape))
-            tokens = out
+                attended.append(t + self.mlp(self.norm2(flat)).transpose(1, 2).reshape(t.shape))
         else:
-            shapes = [t.shape[2:] for t in tokens]
-            query = torch.cat([t.flatten(2).transpose(1, 2) for t in tokens], dim=1)  # [B, sum N_l, d]
+            shapes = [t.shape[2:] for t in tokens[1:]]
+            query = torch.cat([t.flatten(2).transpose(1, 2) for t in tokens[1:]], dim=1)  # [B, sum N_l, d]
             ref = torch.cat([reference_points(tuple(s), x.device) for s in shapes])[None].expand(x.shape[0], -1, -1)
             query = query + self.attention(self.norm1(query), ref, tokens)
             query = query + self.mlp(self.norm2(query))
-            tokens, start = [], 0
+            attended, start = [], 0
             for s in shapes:
                 n = int(torch.tensor(s).prod())
-                tokens.append(query[:, start : start + n].transpose(1, 2).reshape(x.shape[0], -1, *s))
+                attended.append(query[:, start : start + n].transpose(1, 2).reshape(x.shape[0], -1, *s))
                 start += n
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        finest = tokens[0] + F.interpolate(attended[0], size=tokens[0].shape[2:], mode=mode, align_corners=False)
+        tokens = [finest, *attended]
         return [proj(t) for proj, t in zip(self.from_tokens, tokens, strict=True)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

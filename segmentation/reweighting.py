@@ -25,6 +25,13 @@ class GradNorm(nn.Module):
         self.register_buffer("initial", torch.zeros(len(self.names)))
         self.register_buffer("started", torch.zeros((), dtype=torch.bool))
 
+    def get_extra_state(self) -> dict:
+        """The weights' optimiser state travels with the module's state dict (checkpoints resume exactly)."""
+        return self.optimizer.state_dict()
+
+    def set_extra_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
     def as_dict(self) -> dict[str, float]:
         return {n: float(w) for n, w in zip(self.names, self.weights.detach(), strict=True)}
 

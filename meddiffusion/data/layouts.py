@@ -2,8 +2,10 @@
 
 Readers: BraTS 2021 (``CASE/CASE_{t1,t1ce,t2,flair,seg}.nii.gz``), BraTS 2023
 (``CASE/CASE-{t1n,t1c,t2w,t2f,seg}.nii.gz``), nnU-Net raw (``dataset.json``, ``imagesTr/``, ``labelsTr/``) and
-a plain CSV list (``case_id,<modality>...,label``). Modalities are renamed to the BraTS 2021 names (t1, t1ce,
-t2, flair) so that weights declare their inputs once, whatever layout a user has.
+a plain CSV list (``case_id,<modality>...,label[,convention]``). Each case records its label convention
+(``data.labels``): BraTS 2023 folders use theirs, other layouts BraTS 2021 unless a list says otherwise.
+Modalities are renamed to the BraTS 2021 names (t1, t1ce, t2, flair) so that weights declare their inputs once,
+whatever layout a user has.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class CaseFiles:
     images: dict[str, Path]
     label: Path | None = None
     expected: tuple[str, ...] = field(default=())
+    convention: str = "brats2021"
 
     @property
     def missing(self) -> list[str]:
@@ -82,30 +85,48 @@ def read_dataset(root: str | Path, layout: str | None = None) -> list[CaseFiles]
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def _read_brats(root: Path, sep: str, names: dict[str, str]) -> list[CaseFiles]:
-    cases = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        images, label = {}, None
-        for path in folder.iterdir():
-            suffix = image_suffix(path)
-            if not suffix or not path.name.startswith(folder.name + sep):
-                continue
-            key = path.name[len(folder.name) + 1 : -len(suffix)].lower()
-            if key == "seg":
-                label = path
-            elif key in names:
-                images[names[key]] = path
-        if images or label:
-            cases.append(CaseFiles(folder.name, images, label, expected=MODALITIES))
-    return cases
+def _read_brats(root: Path, sep: str, names: dict[str, str], convention: str) -> list[CaseFiles]:
+    cases = [
+        _read_brats_case(folder, sep, names, convention) for folder in sorted(p for p in root.iterdir() if p.is_dir())
+    ]
+    return [c for c in cases if c.images or c.label]
+
+
+def _read_brats_case(folder: Path, sep: str, names: dict[str, str], convention: str) -> CaseFiles:
+    images, label = {}, None
+    for path in folder.iterdir():
+        suffix = image_suffix(path)
+        if not suffix or not path.name.startswith(folder.name + sep):
+            continue
+        key = path.name[len(folder.name) + 1 : -len(suffix)].lower()
+        if key == "seg":
+            label = path
+        elif key in names:
+            images[names[key]] = path
+    return CaseFiles(folder.name, images, label, expected=MODALITIES, convention=convention)
+
+
+def read_case(folder: str | Path) -> CaseFiles:
+    """One case folder in BraTS 2021 (``CASE/CASE_flair.nii.gz``) or BraTS 2023 (``CASE/CASE-t2f.nii.gz``) naming."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MeddiffError("case folder not found", folder)
+    for sep, names, convention in (("_", {m: m for m in MODALITIES}, "brats2021"), ("-", BRATS2023_NAMES, "brats2023")):
+        case = _read_brats_case(folder, sep, names, convention)
+        if case.images:
+            return case
+    raise MeddiffError(
+        f"no modality files named {folder.name}_<t1|t1ce|t2|flair>.nii.gz or {folder.name}-<t1n|t1c|t2w|t2f>.nii.gz",
+        folder,
+    )
 
 
 def _read_brats2021(root: Path) -> list[CaseFiles]:
-    return _read_brats(root, "_", {m: m for m in MODALITIES})
+    return _read_brats(root, "_", {m: m for m in MODALITIES}, "brats2021")
 
 
 def _read_brats2023(root: Path) -> list[CaseFiles]:
-    return _read_brats(root, "-", BRATS2023_NAMES)
+    return _read_brats(root, "-", BRATS2023_NAMES, "brats2023")
 
 
 def _read_nnunet(root: Path) -> list[CaseFiles]:
@@ -136,7 +157,8 @@ def _read_nnunet(root: Path) -> list[CaseFiles]:
 
 
 def _read_list(path: Path) -> list[CaseFiles]:
-    """CSV with a ``case_id`` column, one column per modality and an optional ``label`` column.
+    """CSV with a ``case_id`` column, one column per modality, an optional ``label`` column and an optional
+    ``convention`` column (the label convention, e.g. ``brats2015``; BraTS 2021 when absent).
 
     Relative paths are taken relative to the CSV's folder.
     """
@@ -144,10 +166,11 @@ def _read_list(path: Path) -> list[CaseFiles]:
         rows = list(csv.DictReader(handle))
     if not rows or "case_id" not in rows[0]:
         raise MeddiffError("a file list must be a CSV with a 'case_id' column", path)
-    modalities = tuple(k for k in rows[0] if k not in ("case_id", "label"))
+    modalities = tuple(k for k in rows[0] if k not in ("case_id", "label", "convention"))
     cases = []
     for row in rows:
         images = {m: path.parent / row[m] for m in modalities if row.get(m)}
         label = path.parent / row["label"] if row.get("label") else None
-        cases.append(CaseFiles(row["case_id"], images, label, expected=modalities))
+        convention = row.get("convention") or "brats2021"
+        cases.append(CaseFiles(row["case_id"], images, label, expected=modalities, convention=convention))
     return cases

@@ -1,0 +1,154 @@
+"""The segmentation data path: case files -> prepared subjects -> 2.5D training patches.
+
+Preparation makes cases from different sources train together: labels are mapped to the BraTS 2021 numbers
+(``data.labels``), every modality is normalised inside the brain to [0, 1] by its 0.5-99.5 percentiles (this
+serves raw scanner intensities and images already z-scored inside the brain alike; the background becomes 0),
+and the volume is optionally resampled to a training spacing (labels by nearest neighbour, TorchIO).
+
+Training items are 2.5D patches (a plane and its neighbours, every modality) balanced between tumour and
+anywhere in the brain, with the proposal's augmentation (rotation +-15 deg in plane with p = 0.5, gamma
+0.8-1.2, noise sigma <= 0.01, TorchIO). Item ``i`` is a pure function of (seed, i): runs resume exactly.
+Synthetic cases mix in at a fixed ratio, so real-only and real + synthetic runs differ by one number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torchio as tio
+from torch.utils.data import Dataset
+
+from meddiffusion.data.labels import to_brats2021
+from meddiffusion.data.layouts import CaseFiles
+from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
+from meddiffusion.errors import MeddiffError
+from meddiffusion.io import LABEL_KEY, modality_names
+from meddiffusion.transforms import _background_and_signal, augmentation, normalise, robust_range
+
+#: network classes <-> BraTS 2021 labels (class 3 is label 4, enhancing tumour)
+CLASS_LABELS = (0, 1, 2, 4)
+PLANE_AXIS = 2  # axial planes of RAS/LPS volumes
+
+
+def labels_to_classes(label: np.ndarray | torch.Tensor) -> torch.Tensor:
+    label = torch.as_tensor(np.asarray(label))
+    return torch.where(label == 4, 3, label).long()
+
+
+def classes_to_labels(classes: torch.Tensor | np.ndarray) -> np.ndarray:
+    return np.asarray(CLASS_LABELS, dtype=np.uint8)[np.asarray(classes)]
+
+
+def brain_normalise(volume: np.ndarray) -> np.ndarray:
+    """[0, 1] by the brain's 0.5-99.5 percentiles; the brain is every voxel that differs from the background
+    value (the most common one: 0 for scanner images, a negative constant for z-scored ones)."""
+    background, _ = _background_and_signal(volume)
+    brain = volume != background
+    if not brain.any():
+        return np.zeros(volume.shape, dtype=np.float32)
+    out = normalise(volume, robust_range(volume, brain))
+    out[~brain] = 0.0
+    return out
+
+
+def prepare_subject(subject: tio.Subject, convention: str | None, spacing: Sequence[float] | None) -> tio.Subject:
+    """Normalise every modality, relabel to BraTS 2021 (if labelled), resample to ``spacing`` (if given)."""
+    entries = {}
+    for name in modality_names(subject):
+        image = subject[name]
+        entries[name] = tio.ScalarImage(
+            tensor=torch.from_numpy(brain_normalise(image.data[0].numpy().astype(np.float32)))[None],
+            affine=image.affine,
+        )
+    if LABEL_KEY in subject:
+        label = subject[LABEL_KEY]
+        mapped = to_brats2021(label.data[0].numpy().round().astype(np.int64), convention or "brats2021")
+        entries[LABEL_KEY] = tio.LabelMap(tensor=torch.from_numpy(mapped.astype(np.int16))[None], affine=label.affine)
+    prepared = tio.Subject(**entries)
+    prepared["case_id"] = subject.get("case_id", "case")
+    if spacing is not None:
+        prepared = tio.Resample(tuple(float(s) for s in spacing))(prepared)
+    return prepared
+
+
+def load_case(case: CaseFiles, modalities: Sequence[str], spacing: Sequence[float] | None) -> tio.Subject:
+    """Read and prepare one case with exactly ``modalities`` (a missing one is an error naming it)."""
+    return prepare_subject(case.load(tuple(modalities)), case.convention, spacing)
+
+
+class SegPatches(Dataset):
+    """2.5D patches ``image`` [modalities x (2n+1), P, P] and ``label`` [1, P, P] (network classes 0-3).
+
+    ``synthetic`` subjects are drawn for a ``synthetic_ratio`` fraction of items. Patches are cut with a
+    margin, rotated, then cropped to ``patch_size`` so that rotation leaves no empty corners.
+    """
+
+    def __init__(
+        self,
+        subjects: Sequence[tio.Subject],
+        patch_size: int = 64,
+        neighbours: int = 1,
+        foreground_p: float = 0.5,
+        augment: bool = True,
+        synthetic: Sequence[tio.Subject] = (),
+        synthetic_ratio: float = 0.0,
+        seed: int = 0,
+        length: int = 10**9,
+    ) -> None:
+        if not subjects:
+            raise MeddiffError("no training cases")
+        if synthetic_ratio and not synthetic:
+            raise MeddiffError("a synthetic ratio was given but no synthetic cases")
+        if not 0.0 <= synthetic_ratio < 1.0:
+            raise MeddiffError(f"synthetic ratio must be in [0, 1), got {synthetic_ratio}")
+        self.patch_size, self.neighbours, self.seed, self.length = patch_size, neighbours, seed, length
+        self.margin = math.ceil(0.2 * patch_size) if augment else 0
+        self.synthetic_ratio = synthetic_ratio
+        self.transform = augmentation() if augment else None
+        if self.transform is not None:  # rotate in the plane only: the patch is one plane thick
+            self.transform.transforms[0] = tio.RandomAffine(scales=0, degrees=(0, 0, 0, 0, -15, 15), p=0.5)
+        self.foreground_p = foreground_p
+        self.real = [self._index(s) for s in subjects]
+        self.synthetic = [self._index(s) for s in synthetic]
+
+    def _index(self, subject: tio.Subject):
+        if LABEL_KEY not in subject:
+            raise MeddiffError(f"case {subject.get('case_id')} has no label map")
+        channels = torch.stack([subject[m].data[0] for m in modality_names(subject)]).movedim(PLANE_AXIS + 1, 1)
+        label = labels_to_classes(subject[LABEL_KEY].data[0]).movedim(PLANE_AXIS, 0)
+        if not (label > 0).any():
+            raise MeddiffError(f"case {subject.get('case_id')} has an empty label map")
+        # background patches come from the brain, not the air around it
+        size = self.patch_size + 2 * self.margin
+        return channels, label, PatchSampler(label > 0, size), PatchSampler(channels[0] != 0, size)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        pool = self.synthetic if self.synthetic and rng.random() < self.synthetic_ratio else self.real
+        channels, label, tumour, brain = pool[rng.integers(len(pool))]
+        plane, window = (tumour if rng.random() < self.foreground_p else brain)(rng)
+        size = self.patch_size + 2 * self.margin
+        image = torch.cat([neighbour_stack(c, plane, self.neighbours)[0] for c in channels])
+        image = pad_to(image[(slice(None), *window)], size)
+        target = pad_to(label[plane][window], size, mode="constant")
+        if self.transform is not None:
+            image, target = self._augment(image, target, int(rng.integers(2**31)))
+        m = self.margin
+        crop = (slice(m, m + self.patch_size), slice(m, m + self.patch_size))
+        return {"image": image[(slice(None), *crop)].contiguous(), "label": target[None][(slice(None), *crop)]}
+
+    def _augment(self, image: torch.Tensor, label: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.random.fork_rng():  # TorchIO draws from torch's global RNG; keep items pure functions of i
+            torch.manual_seed(seed)
+            subject = tio.Subject(
+                image=tio.ScalarImage(tensor=image[..., None].float()),
+                label=tio.LabelMap(tensor=label[None, ..., None].to(torch.int16)),
+            )
+            out = self.transform(subject)
+        return out["image"].data[..., 0].float(), out["label"].data[0, ..., 0].long()

@@ -1,0 +1,71 @@
+"""The segmentation networks one trainer runs, chosen by name in the config: the dual-path model and the
+MONAI baselines (U-Net, SwinUNETR). All are 2D networks on 2.5D inputs (planes + neighbours as channels)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from monai.networks.nets import UNet
+from torch import nn
+
+from meddiffusion.segmentation.network import ATTENTIONS, DualPathSegNet
+
+MODELS = ("dualpath", "unet", "swinunetr")
+
+
+@dataclass
+class SegNetworkConfig:
+    model: str = "dualpath"
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    d_model: int = 32
+    n_heads: int = 4
+    n_points: int = 4
+    attention: str = "deformable"
+    use_cnn: bool = True
+    use_transformer: bool = True
+    swin_feature_size: int = 12
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def patch_multiple(self) -> int:
+        """Patches (and sliding windows) must be a multiple of this."""
+        return 32 if self.model == "swinunetr" else 8
+
+
+def build_network(config: SegNetworkConfig, in_channels: int, out_channels: int) -> nn.Module:
+    if config.model == "dualpath":
+        return DualPathSegNet(
+            2,
+            in_channels,
+            out_channels,
+            channels=config.channels,
+            d_model=config.d_model,
+            n_heads=config.n_heads,
+            n_points=config.n_points,
+            attention=config.attention,
+            use_cnn=config.use_cnn,
+            use_transformer=config.use_transformer,
+        )
+    if config.model == "unet":  # the residual U-Net the CNN branch is made of, on its own
+        return UNet(2, in_channels, out_channels, channels=config.channels, strides=(2, 2, 2), num_res_units=2)
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(in_channels, out_channels, feature_size=config.swin_feature_size, spatial_dims=2)
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The last layer every loss term flows through: GradNorm measures the terms' gradients there."""
+    last = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d))][-1]
+    return list(last.parameters())

@@ -1,0 +1,145 @@
+"""``meddiff seg predict``: a case (folder or one file per modality) -> a BraTS 2021 label map on its grid.
+
+The weights declare the modalities they need, the training spacing, patch size and 2.5D neighbours; the
+volume is prepared as in training, segmented plane by plane with MONAI's sliding-window inferer (Gaussian
+blending), and the class probabilities are resampled back to the input grid before the argmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchio as tio
+from monai.inferers import sliding_window_inference
+from tqdm.auto import tqdm
+
+from meddiffusion.data.layouts import MODALITIES, CaseFiles, read_case
+from meddiffusion.errors import MeddiffError
+from meddiffusion.io import check_output, load_subject, modality_names, save_nifti, strip_suffix, write_json
+from meddiffusion.provenance import provenance
+from meddiffusion.segmentation.data import PLANE_AXIS, classes_to_labels, prepare_subject
+from meddiffusion.segmentation.models import SegNetworkConfig, build_network
+from meddiffusion.weights import load_weights, pretrained, weights_hash
+
+SHIPPED = "seg-dualpath"
+
+
+@torch.no_grad()
+def segment_prepared(
+    model: torch.nn.Module,
+    subject: tio.Subject,
+    patch_size: int,
+    neighbours: int,
+    planes_per_batch: int = 16,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Class probabilities ``[K, X, Y, Z]`` of a prepared subject (its grid). Only the brain's bounding box
+    is computed; outside it the background has probability 1."""
+    channels = torch.stack([subject[m].data[0].float() for m in modality_names(subject)]).movedim(PLANE_AXIS + 1, 1)
+    brain = (channels[0] != 0).numpy()
+    device = next(model.parameters()).device
+    n_classes = None
+    coords = np.argwhere(brain)
+    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(coords.min(0), coords.max(0), strict=True))
+    planes = range(box[0].start, box[0].stop)
+    outputs = []
+    for start in tqdm(range(0, len(planes), planes_per_batch), desc="segment", disable=not progress, leave=False):
+        index = torch.tensor(planes[start : start + planes_per_batch])
+        offsets = torch.arange(-neighbours, neighbours + 1)
+        rows = (index[:, None] + offsets).clamp(0, channels.shape[1] - 1)  # [B, 2n+1]
+        stack = channels[:, rows][..., box[1], box[2]]  # [C, B, 2n+1, h, w]
+        stack = stack.permute(1, 0, 2, 3, 4).flatten(1, 2).to(device)
+        probs = sliding_window_inference(
+            stack,
+            (patch_size, patch_size),
+            planes_per_batch,
+            lambda x: model(x).float().softmax(1),
+            overlap=0.5,
+            mode="gaussian",
+        ).cpu()
+        n_classes = probs.shape[1]
+        outputs.append(probs)
+    out = torch.zeros((n_classes, *channels.shape[1:]))
+    out[0] = 1.0
+    out[(slice(None), box[0], box[1], box[2])] = torch.cat(outputs).movedim(1, 0)
+    return out.movedim(1, PLANE_AXIS + 1)
+
+
+class Segmenter:
+    """A trained segmentation model with what it needs to be applied: modalities, spacing, patch size."""
+
+    def __init__(self, folder: str | Path | None = None, device: str = "cpu") -> None:
+        self.folder = Path(folder) if folder else pretrained(SHIPPED)
+        self.model, self.config = load_weights(self.folder, device, build=_build)
+        if self.config.get("task") != "segmentation":
+            raise MeddiffError("these are not segmentation weights", self.folder)
+        self.modalities: list[str] = self.config["modalities"]
+        self.hash = weights_hash(self.folder)
+
+    def predict(self, subject: tio.Subject, progress: bool = False) -> np.ndarray:
+        """Integer BraTS 2021 labels on the subject's grid."""
+        images = tio.Subject(**{m: subject[m] for m in self.modalities})
+        prepared = prepare_subject(images, None, self.config.get("spacing"))
+        probs = segment_prepared(
+            self.model, prepared, self.config["patch_size"], self.config["neighbours"], progress=progress
+        )
+        if self.config.get("spacing"):  # back to the input grid, probabilities first, then the argmax
+            reference = subject[self.modalities[0]]
+            image = tio.ScalarImage(tensor=probs, affine=prepared[self.modalities[0]].affine)
+            probs = tio.Resample(reference)(image).data
+        return classes_to_labels(probs.argmax(0).numpy())
+
+
+def _build(config: dict) -> torch.nn.Module:
+    network = SegNetworkConfig(**config["network"])
+    in_channels = len(config["modalities"]) * (2 * config["neighbours"] + 1)
+    return build_network(network, in_channels, len(config["class_labels"]))
+
+
+def input_case(path: str | Path | None, files: Mapping[str, str | Path | None]) -> CaseFiles:
+    """The case to segment: a case folder, or files given per modality (the files win over the folder's)."""
+    given = {m: Path(f) for m, f in files.items() if f}
+    if unknown := sorted(set(given) - set(MODALITIES)):
+        raise MeddiffError(f"unknown modality {', '.join(unknown)}; use {', '.join(MODALITIES)}")
+    if path is None and not given:
+        raise MeddiffError("give a case folder or one file per modality (--flair F --t1ce F ...)")
+    case = read_case(path) if path is not None else CaseFiles(strip_suffix(next(iter(given.values()))).name, {})
+    case.images.update(given)
+    return case
+
+
+def predict_case(
+    case: CaseFiles, output: str | Path, weights: str | Path | None = None, force: bool = False
+) -> np.ndarray:
+    """Segment one case into ``output`` (uint8 NIfTI, BraTS 2021 labels) plus ``<output>.json`` provenance."""
+    output = Path(output)
+    sidecar = strip_suffix(output).with_name(strip_suffix(output).name + ".json")
+    for path in (output, sidecar):
+        check_output(path, force)
+    segmenter = Segmenter(weights)
+    missing = [m for m in segmenter.modalities if m not in case.images]
+    if missing:
+        raise MeddiffError(
+            f"the weights need modality {', '.join(missing)}, which case {case.case_id} lacks "
+            f"(it has {', '.join(sorted(case.images)) or 'none'})"
+        )
+    subject = load_subject({m: case.images[m] for m in segmenter.modalities}, case_id=case.case_id)
+    labels = segmenter.predict(subject, progress=True)
+    reference = subject[segmenter.modalities[0]]
+    save_nifti(labels.astype(np.uint8), reference.affine, output, force=force, label=True)
+    write_json(
+        provenance(
+            inputs={m: str(case.images[m]) for m in segmenter.modalities},
+            output=str(output),
+            weights=str(segmenter.folder),
+            weights_sha256=segmenter.hash,
+            label_convention="brats2021",
+            voxels_per_label={int(v): int((labels == v).sum()) for v in np.unique(labels)},
+        ),
+        sidecar,
+        force=force,
+    )
+    return labels

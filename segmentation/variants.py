@@ -1,0 +1,18 @@
+"""The ablation variants: the full model and what each ablation or baseline changes in its config.
+
+Kept free of heavy imports so that the command line can list them without loading torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: variant name -> config overrides ("section.key": value); "floor" is the FLAIR threshold, not trained
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "no_deformable": {"network.attention": "window"},
+    "no_reweighting": {"loss.reweighting": "none"},
+    "no_topology": {"loss.gamma": 0.0},
+    "unet": {"network.model": "unet"},
+    "floor": {},
+}
