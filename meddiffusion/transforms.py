@@ -46,6 +46,13 @@ def head_mask(volume: np.ndarray) -> np.ndarray:
     return _largest_filled(volume > threshold)
 
 
+def brain_mask(volume: np.ndarray) -> np.ndarray:
+    """The brain of a skull-stripped image (BraTS-style): every voxel that differs from the background value,
+    largest component, holes filled. Segmentation normalises inside it; lesions are placed inside it."""
+    background, _ = _background_and_signal(volume)
+    return _largest_filled(volume != background)
+
+
 def signal_mask(volume: np.ndarray) -> np.ndarray:
     """The bright tissue the intensity normalisation is anchored on: Otsu threshold of the non-background
     voxels (capped at their 40th percentile), largest component, holes filled. The shipped super-resolution

@@ -21,6 +21,7 @@ import numpy as np
 from meddiffusion.config import from_dict
 from meddiffusion.data.labels import region_masks, to_brats2021
 from meddiffusion.data.layouts import CaseFiles, read_dataset
+from meddiffusion.data.prepare import brain_normalise
 from meddiffusion.data.splits import kfold_splits
 from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.report import write_csv
@@ -29,7 +30,6 @@ from meddiffusion.eval.stats import paired_comparison
 from meddiffusion.io import LABEL_KEY, load_subject, save_nifti, write_json
 from meddiffusion.provenance import provenance
 from meddiffusion.segmentation.baselines import fit_threshold, predict_threshold
-from meddiffusion.segmentation.data import brain_normalise
 from meddiffusion.segmentation.predict import Segmenter
 from meddiffusion.segmentation.train import SegTrainConfig, run_training
 from meddiffusion.segmentation.variants import VARIANTS

@@ -1,9 +1,4 @@
-"""The segmentation data path: case files -> prepared subjects -> 2.5D training patches.
-
-Preparation makes cases from different sources train together: labels are mapped to the BraTS 2021 numbers
-(``data.labels``), every modality is normalised inside the brain to [0, 1] by its 0.5-99.5 percentiles (this
-serves raw scanner intensities and images already z-scored inside the brain alike; the background becomes 0),
-and the volume is optionally resampled to a training spacing (labels by nearest neighbour, TorchIO).
+"""The segmentation data path: prepared subjects (``data.prepare``) -> 2.5D training patches.
 
 Training items are 2.5D patches (a plane and its neighbours, every modality) balanced between tumour and
 anywhere in the brain, with the proposal's augmentation (rotation +-15 deg in plane with p = 0.5, gamma
@@ -21,12 +16,10 @@ import torch
 import torchio as tio
 from torch.utils.data import Dataset
 
-from meddiffusion.data.labels import to_brats2021
-from meddiffusion.data.layouts import CaseFiles
 from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, modality_names
-from meddiffusion.transforms import _background_and_signal, augmentation, normalise, robust_range
+from meddiffusion.transforms import augmentation
 
 #: network classes <-> BraTS 2021 labels (class 3 is label 4, enhancing tumour)
 CLASS_LABELS = (0, 1, 2, 4)
@@ -40,43 +33,6 @@ def labels_to_classes(label: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def classes_to_labels(classes: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(CLASS_LABELS, dtype=np.uint8)[np.asarray(classes)]
-
-
-def brain_normalise(volume: np.ndarray) -> np.ndarray:
-    """[0, 1] by the brain's 0.5-99.5 percentiles; the brain is every voxel that differs from the background
-    value (the most common one: 0 for scanner images, a negative constant for z-scored ones)."""
-    background, _ = _background_and_signal(volume)
-    brain = volume != background
-    if not brain.any():
-        return np.zeros(volume.shape, dtype=np.float32)
-    out = normalise(volume, robust_range(volume, brain))
-    out[~brain] = 0.0
-    return out
-
-
-def prepare_subject(subject: tio.Subject, convention: str | None, spacing: Sequence[float] | None) -> tio.Subject:
-    """Normalise every modality, relabel to BraTS 2021 (if labelled), resample to ``spacing`` (if given)."""
-    entries = {}
-    for name in modality_names(subject):
-        image = subject[name]
-        entries[name] = tio.ScalarImage(
-            tensor=torch.from_numpy(brain_normalise(image.data[0].numpy().astype(np.float32)))[None],
-            affine=image.affine,
-        )
-    if LABEL_KEY in subject:
-        label = subject[LABEL_KEY]
-        mapped = to_brats2021(label.data[0].numpy().round().astype(np.int64), convention or "brats2021")
-        entries[LABEL_KEY] = tio.LabelMap(tensor=torch.from_numpy(mapped.astype(np.int16))[None], affine=label.affine)
-    prepared = tio.Subject(**entries)
-    prepared["case_id"] = subject.get("case_id", "case")
-    if spacing is not None:
-        prepared = tio.Resample(tuple(float(s) for s in spacing))(prepared)
-    return prepared
-
-
-def load_case(case: CaseFiles, modalities: Sequence[str], spacing: Sequence[float] | None) -> tio.Subject:
-    """Read and prepare one case with exactly ``modalities`` (a missing one is an error naming it)."""
-    return prepare_subject(case.load(tuple(modalities)), case.convention, spacing)
 
 
 class SegPatches(Dataset):

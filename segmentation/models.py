@@ -34,10 +34,12 @@ class SegNetworkConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @property
-    def patch_multiple(self) -> int:
-        """Patches (and sliding windows) must be a multiple of this."""
-        return 32 if self.model == "swinunetr" else 8
+    def check_patch(self, patch_size: int) -> None:
+        """Patches (and sliding windows) must fit the network's downsampling: SwinUNETR halves five times and
+        normalises its 2 x 2 bottom, so it needs 64 or more."""
+        multiple, smallest = (32, 64) if self.model == "swinunetr" else (8, 8)
+        if patch_size % multiple or patch_size < smallest:
+            raise ValueError(f"data.patch_size must be a multiple of {multiple} and >= {smallest} for {self.model}")
 
 
 def build_network(config: SegNetworkConfig, in_channels: int, out_channels: int) -> nn.Module:

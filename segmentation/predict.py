@@ -17,10 +17,11 @@ from monai.inferers import sliding_window_inference
 from tqdm.auto import tqdm
 
 from meddiffusion.data.layouts import MODALITIES, CaseFiles, read_case
+from meddiffusion.data.prepare import prepare_subject
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import check_output, load_subject, modality_names, save_nifti, strip_suffix, write_json
 from meddiffusion.provenance import provenance
-from meddiffusion.segmentation.data import PLANE_AXIS, classes_to_labels, prepare_subject
+from meddiffusion.segmentation.data import PLANE_AXIS, classes_to_labels
 from meddiffusion.segmentation.models import SegNetworkConfig, build_network
 from meddiffusion.weights import load_weights, pretrained, weights_hash
 

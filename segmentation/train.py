@@ -20,10 +20,11 @@ import torchio as tio
 from meddiffusion.config import from_dict, load_yaml, resolve_data_path
 from meddiffusion.data.labels import region_masks
 from meddiffusion.data.layouts import CaseFiles, read_dataset
+from meddiffusion.data.prepare import load_case
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, write_json
 from meddiffusion.provenance import provenance
-from meddiffusion.segmentation.data import CLASS_LABELS, SegPatches, classes_to_labels, load_case
+from meddiffusion.segmentation.data import CLASS_LABELS, SegPatches, classes_to_labels
 from meddiffusion.segmentation.losses import HybridLoss
 from meddiffusion.segmentation.models import SegNetworkConfig, build_network, head_parameters, n_parameters
 from meddiffusion.segmentation.predict import segment_prepared
@@ -86,8 +87,7 @@ class SegTrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.data.patch_size % self.network.patch_multiple:
-            raise ValueError(f"data.patch_size must be a multiple of {self.network.patch_multiple} for this model")
+        self.network.check_patch(self.data.patch_size)
 
 
 def load_seg_config(path: str | Path | None, overrides: dict | None = None) -> SegTrainConfig:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from meddiffusion.config import from_dict, load_yaml, resolve_data_path
 from meddiffusion.diffusion import ConditionalUNet, NetworkConfig, make_scheduler, sample
+from meddiffusion.diffusion.loss import diffusion_loss
+from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import write_json
 from meddiffusion.provenance import provenance
@@ -26,13 +28,6 @@ from meddiffusion.training import TrainConfig, train
 from meddiffusion.weights import save_weights, weights_hash
 
 METHODS = ("diffusion", "unet")
-
-
-@dataclass
-class ScheduleConfig:
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "sample"
 
 
 @dataclass
@@ -91,22 +86,6 @@ def load_sr_config(path: str | Path, overrides: dict | None = None) -> tuple[SRT
             raise MeddiffError(f"data.{split} lists missing files: {', '.join(missing)}", path)
         setattr(config.data, split, resolved)
     return config, path
-
-
-def diffusion_loss(scheduler):
-    """DDPM objective: noise the clean residual at a random timestep, predict it back (MSE)."""
-
-    def loss_fn(model, batch, generator):
-        x0 = batch["target"]
-        noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0)
-        t = torch.randint(
-            0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=generator.device
-        ).to(x0.device)
-        x_t = scheduler.add_noise(x0, noise, t)
-        prediction = model(x_t, t, batch["cond"], batch["conditions"])
-        return F.mse_loss(prediction.float(), x0.float())
-
-    return loss_fn
 
 
 def regression_loss(model, batch, generator):

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 SAMPLERS = ("ddim", "dpm++", "ddpm")
+
+
+@dataclass
+class ScheduleConfig:
+    """The training noise schedule, saved with the weights so that every sampler uses the same one."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "sample"
 
 
 def make_scheduler(

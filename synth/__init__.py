@@ -1,0 +1,1 @@
+"""Lesion-size-conditioned synthesis: lesion masks (``masks``), the inpainting model and pipeline."""

@@ -1,0 +1,136 @@
+"""Training pairs for lesion inpainting, from real tumour MRI with expert labels.
+
+A pair is one axial plane through a tumour: the target is every modality of that plane; the conditioning is
+what the sampler will have when it paints a new lesion plane by plane from the bottom up:
+
+* the plane below, complete (at sampling time: already painted),
+* this plane and the plane above with the region to paint (the tumour dilated by ``margin`` voxels) blanked,
+* the tumour's regions in this plane (whole tumour, core, enhancing) and the blank region itself,
+
+and, as a scalar condition through the network's embedding, log2 of the tumour's volume in mL. In-plane
+scale augmentation (0.8-1.25) rescales the volume condition with the apparent lesion size, so the size input
+covers a continuous range rather than the few real tumour volumes. Item ``i`` is a pure function of (seed, i).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchio as tio
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from meddiffusion.data.labels import region_masks
+from meddiffusion.data.sampling import PatchSampler
+from meddiffusion.errors import MeddiffError
+from meddiffusion.io import LABEL_KEY, modality_names
+
+PLANE_AXIS = 2
+MARGIN = 3
+OUTSIDE_WEIGHT = 0.1
+REGION_NAMES = ("WT", "TC", "ET")
+
+
+def cond_channels(n_modalities: int) -> int:
+    """Conditioning channels: 3 planes per modality + 3 tumour regions + the blank mask."""
+    return 3 * n_modalities + len(REGION_NAMES) + 1
+
+
+def regions_stack(label: np.ndarray) -> np.ndarray:
+    """BraTS 2021 labels -> float ``[3, ...]`` (WT, TC, ET)."""
+    masks = region_masks(label)
+    return np.stack([masks[k] for k in REGION_NAMES]).astype(np.float32)
+
+
+def paint_region(label: np.ndarray, brain: np.ndarray, margin: int = MARGIN) -> np.ndarray:
+    """The voxels a lesion repaints: the whole tumour dilated by ``margin`` voxels (so it blends), in the brain."""
+    return ndimage.binary_dilation(label > 0, iterations=margin) & brain
+
+
+def build_cond(
+    below: torch.Tensor,
+    here: torch.Tensor,
+    above: torch.Tensor,
+    regions: torch.Tensor,
+    hole: torch.Tensor,
+    hole_above: torch.Tensor,
+) -> torch.Tensor:
+    """The conditioning stack ``[3M + 4, H, W]`` (see the module docstring); one definition for training and
+    sampling."""
+    return torch.cat([below, here * (1 - hole), above * (1 - hole_above), regions, hole[None]])
+
+
+class InpaintPairs(Dataset):
+    """``target`` [M, P, P], ``cond`` [3M + 4, P, P], ``conditions`` [1] (log2 mL), ``weight`` [1, P, P]."""
+
+    def __init__(
+        self,
+        subjects: Sequence[tio.Subject],
+        patch_size: int = 64,
+        seed: int = 0,
+        length: int = 10**9,
+        scale_range: tuple[float, float] = (0.8, 1.25),
+    ) -> None:
+        self.patch_size, self.seed, self.length, self.scale_range = patch_size, seed, length, scale_range
+        self.items = []
+        for subject in subjects:
+            if LABEL_KEY not in subject:
+                raise MeddiffError(f"case {subject.get('case_id')} has no label map")
+            images = torch.stack([subject[m].data[0] for m in modality_names(subject)]).movedim(PLANE_AXIS + 1, 1)
+            label = subject[LABEL_KEY].data[0].numpy()
+            if not (label > 0).any():
+                raise MeddiffError(f"case {subject.get('case_id')} has an empty label map")
+            brain = images[0].movedim(0, PLANE_AXIS).numpy() != 0
+            hole = torch.from_numpy(paint_region(label, brain)).movedim(PLANE_AXIS, 0).float()
+            regions = torch.from_numpy(regions_stack(label)).movedim(PLANE_AXIS + 1, 1)
+            volume_ml = float((label > 0).sum() * np.prod(subject[LABEL_KEY].spacing) / 1000)
+            size = int(np.ceil(patch_size * scale_range[1]))
+            self.items.append((images, regions, hole, volume_ml, PatchSampler(regions[0] > 0, size)))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        images, regions, hole, volume_ml, sampler = self.items[rng.integers(len(self.items))]
+        scale = float(np.exp(rng.uniform(*np.log(self.scale_range))))
+        window_size = int(round(self.patch_size * scale))
+        plane, (rows, cols) = sampler(rng)
+        # re-centre the sampler's window to this item's size
+        cy, cx = (rows.start + rows.stop) // 2, (cols.start + cols.stop) // 2
+        h, w = images.shape[2:]
+        y0 = int(np.clip(cy - window_size // 2, 0, max(h - window_size, 0)))
+        x0 = int(np.clip(cx - window_size // 2, 0, max(w - window_size, 0)))
+        window = (slice(y0, y0 + window_size), slice(x0, x0 + window_size))
+        n = images.shape[1]
+        below, above = max(plane - 1, 0), min(plane + 1, n - 1)
+        cond = build_cond(
+            images[:, below][(slice(None), *window)],
+            images[:, plane][(slice(None), *window)],
+            images[:, above][(slice(None), *window)],
+            regions[:, plane][(slice(None), *window)],
+            hole[plane][window],
+            hole[above][window],
+        )
+        target = images[:, plane][(slice(None), *window)]
+        stacked = torch.cat([target, cond])[None]
+        if stacked.shape[-1] != self.patch_size or stacked.shape[-2] != self.patch_size:
+            stacked = F.interpolate(stacked, size=(self.patch_size,) * 2, mode="bilinear", align_corners=False)
+        stacked = stacked[0]
+        m = target.shape[0]
+        if rng.random() < 0.5:  # left-right flip: tumours occur on both sides
+            stacked = stacked.flip(-1)
+        masks = stacked[m:][3 * m :].round()  # regions and hole stay binary after resizing
+        cond = torch.cat([stacked[m : 4 * m], masks])
+        # the lesion appears 1/scale times as large (in-plane), so its volume condition scales with it
+        conditions = torch.tensor([np.log2(volume_ml / scale**3)], dtype=torch.float32)
+        weight = OUTSIDE_WEIGHT + (1 - OUTSIDE_WEIGHT) * masks[-1:]  # the painted region counts most
+        return {
+            "target": stacked[:m].contiguous(),
+            "cond": cond.contiguous(),
+            "conditions": conditions,
+            "weight": weight.contiguous(),
+        }

@@ -1,0 +1,144 @@
+"""``meddiff synth train``: real labelled cases -> a lesion-inpainting diffusion model (weights folder).
+
+The weights folder also keeps the lesion-shape templates (``templates.npz``: the training cases' tumour
+regions, cropped), so generating from it uses shapes from the same training cases and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meddiffusion.config import from_dict, load_yaml, resolve_data_path
+from meddiffusion.data.layouts import read_dataset
+from meddiffusion.data.prepare import load_case
+from meddiffusion.diffusion import ConditionalUNet, NetworkConfig, make_scheduler
+from meddiffusion.diffusion.loss import diffusion_loss
+from meddiffusion.diffusion.schedule import ScheduleConfig
+from meddiffusion.errors import MeddiffError
+from meddiffusion.io import LABEL_KEY, write_json
+from meddiffusion.provenance import file_sha256, provenance
+from meddiffusion.synth.data import MARGIN, InpaintPairs, cond_channels
+from meddiffusion.synth.masks import Template
+from meddiffusion.training import TrainConfig, train
+from meddiffusion.weights import save_weights, weights_hash
+
+TEMPLATES_FILE = "templates.npz"
+
+
+@dataclass
+class SynthDataConfig:
+    data: str = ""
+    layout: str | None = None
+    modalities: list[str] = field(default_factory=lambda: ["flair", "t1ce"])
+    exclude_cases: list[str] = field(default_factory=list)
+    patch_size: int = 64
+
+
+@dataclass
+class SynthTrainConfig:
+    seed: int = 0
+    data: SynthDataConfig = field(default_factory=SynthDataConfig)
+    network: NetworkConfig = field(
+        default_factory=lambda: NetworkConfig(target_channels=2, cond_channels=10, condition_names=["log2_volume_ml"])
+    )
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=3000, batch_size=8, learning_rate=5e-4, ema_decay=0.995)
+    )
+
+    def __post_init__(self) -> None:
+        n = len(self.data.modalities)
+        if self.network.target_channels != n or self.network.cond_channels != cond_channels(n):
+            raise ValueError(
+                f"with {n} modalities the network needs target_channels {n} and cond_channels {cond_channels(n)}"
+            )
+        if self.network.condition_names != ["log2_volume_ml"]:
+            raise ValueError("network.condition_names must be [log2_volume_ml]")
+        if self.data.patch_size % self.network.downsampling:
+            raise ValueError(f"data.patch_size must be a multiple of {self.network.downsampling}")
+
+
+def load_synth_config(path: str | Path | None, overrides: dict | None = None) -> SynthTrainConfig:
+    """The defaults, updated by a YAML file (data path relative to it) and by ``section.key`` overrides."""
+    raw = load_yaml(path) if path else {}
+    if raw.get("data", {}).get("data"):
+        raw["data"]["data"] = str(resolve_data_path(raw["data"]["data"], Path(path).resolve().parent))
+    for dotted, value in (overrides or {}).items():
+        section, _, name = dotted.partition(".")
+        raw.setdefault(section, {})[name] = value
+    return from_dict(SynthTrainConfig, raw, path or "<defaults>")
+
+
+def save_templates(subjects, path: Path) -> Path:
+    """The training tumours' regions as lesion-shape templates (largest focus of each)."""
+    arrays = {}
+    for subject in subjects:
+        label = subject[LABEL_KEY]
+        template = Template.from_label(label.data[0].numpy(), label.spacing, subject["case_id"]).largest_component()
+        arrays[f"{subject['case_id']}__regions"] = template.regions.astype(np.float16)
+        arrays[f"{subject['case_id']}__spacing"] = np.asarray(template.spacing)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_templates(path: Path) -> list[Template]:
+    if not path.is_file():
+        raise MeddiffError("lesion templates not found", path)
+    with np.load(path) as data:
+        ids = sorted({k.rsplit("__", 1)[0] for k in data.files})
+        return [
+            Template(data[f"{i}__regions"].astype(np.float32), tuple(data[f"{i}__spacing"].tolist()), i) for i in ids
+        ]
+
+
+def run_training(config: SynthTrainConfig, out: Path, resume: bool = False, stop_at: int | None = None) -> Path:
+    """Train and write ``out/weights`` (EMA weights, config, templates, training log); returns that folder."""
+    if not config.data.data:
+        raise MeddiffError("no training data given (--data or data.data in the config)")
+    torch.manual_seed(config.seed)
+    cases = [
+        c
+        for c in read_dataset(config.data.data, config.data.layout)
+        if c.label is not None and c.case_id not in config.data.exclude_cases
+    ]
+    if not cases:
+        raise MeddiffError("no labelled training cases", config.data.data)
+    subjects = [load_case(c, config.data.modalities, None) for c in cases]
+    dataset = InpaintPairs(subjects, config.data.patch_size, seed=config.seed)
+    model = ConditionalUNet(config.network)
+    scheduler = make_scheduler("ddpm", **dataclasses.asdict(config.schedule))
+    out.mkdir(parents=True, exist_ok=True)
+    # the images the generator learns from, by hash: a study proves that no test case reached it
+    data_list = {
+        "cases": [c.case_id for c in cases],
+        "image_sha256": {c.case_id: {m: file_sha256(c.images[m]) for m in config.data.modalities} for c in cases},
+    }
+    write_json(dataclasses.asdict(config), out / "config.json")
+    write_json(data_list, out / "data_list.json")
+    model = train(
+        model, dataset, diffusion_loss(scheduler), config.train, out, seed=config.seed, resume=resume, stop_at=stop_at
+    )
+    folder = save_weights(
+        out / "weights",
+        model,
+        {
+            "task": "synth",
+            "modalities": config.data.modalities,
+            "margin": MARGIN,
+            "schedule": dataclasses.asdict(config.schedule),
+            "seed": config.seed,
+            "training": {"config": dataclasses.asdict(config), "data": data_list},
+        },
+    )
+    save_templates(subjects, folder / TEMPLATES_FILE)
+    if (out / "training_log.csv").exists():
+        (folder / "training_log.csv").write_text((out / "training_log.csv").read_text())
+    write_json(
+        provenance(weights_sha256=weights_hash(folder), n_parameters=model.n_parameters), folder / "provenance.json"
+    )
+    return folder

@@ -1,0 +1,177 @@
+"""The segmentation trainer, predictor and ablation on the embedded real case (cropped)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from meddiffusion.cli import main
+from meddiffusion.data.labels import to_brats2021
+from meddiffusion.data.layouts import read_dataset
+from meddiffusion.data.prepare import brain_normalise, load_case
+from meddiffusion.errors import MeddiffError
+from meddiffusion.io import load_image
+from meddiffusion.segmentation.ablation import summary_table, with_overrides
+from meddiffusion.segmentation.baselines import fit_threshold, predict_threshold
+from meddiffusion.segmentation.data import SegPatches, classes_to_labels
+from meddiffusion.segmentation.predict import Segmenter, input_case, predict_case
+from meddiffusion.segmentation.train import load_seg_config, run_training
+from meddiffusion.training import CHECKPOINT
+from meddiffusion.weights import WEIGHTS_FILE, pretrained
+
+
+@pytest.fixture
+def crop_list(real_crop, tmp_path):
+    """A one-case data set (CSV list) of the real crop, labels in the BRATS 2012 convention."""
+    path = tmp_path / "cases.csv"
+    path.write_text(
+        "case_id,flair,t1ce,label,convention\n"
+        f"hg0015,{real_crop['flair']},{real_crop['t1ce']},{real_crop['label']},brats2012\n"
+    )
+    return path
+
+
+def _config(data, steps=6, **overrides):
+    tiny = {
+        "data.data": str(data),
+        "data.patch_size": 32,
+        "network.channels": [8, 16, 32, 64],
+        "network.d_model": 16,
+        "network.n_heads": 2,
+        "train.steps": steps,
+        "train.batch_size": 4,
+        "train.warmup_steps": 1,
+        "train.log_every": 1,
+        "train.checkpoint_every": 3,
+        "train.threads": 1,
+    }
+    return load_seg_config(None, {**tiny, **overrides})
+
+
+def test_cases_are_relabelled_to_brats2021_and_normalised_in_the_brain(crop_list, real_crop):
+    case = read_dataset(crop_list)[0]
+    assert case.convention == "brats2012"
+    subject = load_case(case, ["flair", "t1ce"], None)
+    raw = load_image(real_crop["label"], label=True).data[0].numpy()
+    label = subject["label"].data[0].numpy()
+    # BRATS 2012: 1 oedema -> 2, 2 core -> 1
+    assert np.array_equal(label == 2, raw == 1) and np.array_equal(label == 1, raw == 2)
+    flair = subject["flair"].data[0].numpy()
+    brain = flair != 0
+    assert np.percentile(flair[brain], 0.5) == pytest.approx(0, abs=0.01)
+    assert np.percentile(flair[brain], 99.5) == pytest.approx(1, abs=0.01)
+
+
+def test_brain_normalise_handles_z_scored_images_with_a_negative_background():
+    volume = np.full((20, 20, 20), -3.0, dtype=np.float32)
+    volume[5:15, 5:15, 5:15] = np.random.default_rng(0).normal(0, 1, (10, 10, 10))
+    out = brain_normalise(volume)
+    assert np.all(out[volume == -3.0] == 0) and out.max() > 0.9
+
+
+def test_patches_are_reproducible_balanced_and_shaped(crop_list):
+    subject = load_case(read_dataset(crop_list)[0], ["flair", "t1ce"], None)
+    patches = SegPatches([subject], patch_size=32, neighbours=1, foreground_p=1.0, seed=3)
+    item = patches[7]
+    assert item["image"].shape == (6, 32, 32) and item["label"].shape == (1, 32, 32)
+    assert torch.equal(item["image"], patches[7]["image"]) and torch.equal(item["label"], patches[7]["label"])
+    assert set(item["label"].unique().tolist()) <= {0, 1, 2, 3}
+    assert all((patches[i]["label"] > 0).any() for i in range(10))  # foreground_p = 1: every patch has tumour
+    with pytest.raises(MeddiffError, match="no synthetic cases"):
+        SegPatches([subject], synthetic_ratio=0.3)
+
+
+def test_network_classes_map_back_to_brats2021_labels():
+    assert classes_to_labels(np.array([0, 1, 2, 3])).tolist() == [0, 1, 2, 4]
+    assert to_brats2021(np.array([0, 1, 2, 3, 4]), "brats2015").tolist() == [0, 1, 2, 1, 4]
+
+
+def test_short_real_training_lowers_the_loss_and_logs_the_terms(crop_list, tmp_path):
+    folder = run_training(_config(crop_list, steps=30, **{"train.learning_rate": 3e-3}), tmp_path / "run")
+    log = np.genfromtxt(folder / "training_log.csv", delimiter=",", names=True)
+    assert log["dice_loss"][-5:].mean() < log["dice_loss"][:5].mean()
+    assert {"w_dice", "w_boundary", "w_topology", "topology_s"} <= set(log.dtype.names)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["modalities"] == ["flair", "t1ce"] and config["class_labels"] == [0, 1, 2, 4]
+
+
+def test_resume_restores_optimizer_and_loss_weights_exactly(crop_list, tmp_path):
+    straight = run_training(_config(crop_list), tmp_path / "a")
+    run_training(_config(crop_list), tmp_path / "b", stop_at=3)
+    assert (tmp_path / "b" / CHECKPOINT).is_dir()
+    resumed = run_training(_config(crop_list), tmp_path / "b", resume=True)
+    a, b = load_file(straight / WEIGHTS_FILE), load_file(resumed / WEIGHTS_FILE)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("model", ["unet", "swinunetr"])
+def test_monai_baselines_run_through_the_same_trainer(crop_list, tmp_path, model):
+    patch = {"unet": 32, "swinunetr": 64}[model]
+    config = _config(crop_list, steps=2, **{"network.model": model, "data.patch_size": patch})
+    folder = run_training(config, tmp_path / model)
+    labels = Segmenter(folder).predict(load_case(read_dataset(crop_list)[0], ["flair", "t1ce"], None))
+    assert labels.shape == (64, 64, 32)
+
+
+def test_predict_with_the_shipped_weights_writes_a_label_map_on_the_input_grid(real_crop, tmp_path):
+    out = tmp_path / "seg.nii.gz"
+    case = input_case(None, {"flair": real_crop["flair"], "t1ce": real_crop["t1ce"]})
+    predict_case(case, out)
+    written, reference = nib.load(out), nib.load(real_crop["flair"])
+    assert written.shape == reference.shape and np.allclose(written.affine, reference.affine)
+    labels = np.asarray(written.dataobj)
+    assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4} and (labels > 0).any()
+    record = json.loads((tmp_path / "seg.json").read_text())
+    assert record["weights_sha256"] and record["label_convention"] == "brats2021"
+    assert pretrained("seg-dualpath").name == "seg-dualpath"
+    with pytest.raises(MeddiffError, match="exists already"):
+        predict_case(case, out)
+
+
+def test_predict_names_a_missing_modality(real_crop, tmp_path):
+    assert main(["seg", "predict", str(tmp_path / "x.nii.gz"), "--flair", str(real_crop["flair"])]) == 2
+    with pytest.raises(MeddiffError, match="t1ce"):
+        predict_case(input_case(None, {"flair": real_crop["flair"]}), tmp_path / "x.nii.gz")
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_synthetic_ratio_without_synthetic_data_is_a_clear_error(crop_list, tmp_path):
+    code = main(["seg", "train", "--data", str(crop_list), "--synthetic-ratio", "0.5", "--out", str(tmp_path / "r")])
+    assert code == 2
+
+
+def test_flair_threshold_floor_recovers_a_bright_region():
+    rng = np.random.default_rng(0)
+    flair = rng.uniform(0.1, 0.4, (40, 40, 40))
+    tumour = np.zeros(flair.shape, bool)
+    tumour[10:25, 10:25, 10:25] = True
+    flair[tumour] = rng.uniform(0.7, 1.0, tumour.sum())
+    threshold = fit_threshold([flair], [tumour])
+    assert 0.4 <= threshold < 0.7
+    assert np.array_equal(predict_threshold(flair, threshold) == 2, tumour)
+
+
+def test_ablation_variants_validate_and_the_summary_has_paired_tests(crop_list):
+    config = _config(crop_list)
+    assert with_overrides(config, {"network.attention": "window"}).network.attention == "window"
+    assert config.network.attention == "deformable"  # the base config is not changed
+    with pytest.raises(MeddiffError):
+        with_overrides(config, {"network.model": "resnet"})
+    metrics = ("dice", "hd95", "sensitivity", "specificity")
+    rows = [
+        {
+            "variant": v,
+            "fold": i,
+            "case_id": f"c{i}",
+            **{f"{r}_{m}": d + 0.01 * i for r in ("WT", "TC", "ET") for m in metrics},
+        }
+        for v, d in (("full", 0.8), ("unet", 0.7))
+        for i in range(4)
+    ]
+    table = summary_table(rows)
+    assert "| full | 4 | 0.815 ± 0.013" in table and "| unet | WT_dice | -0.100 |" in table
