@@ -195,11 +195,46 @@ def _seg_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(feature: str, issue: int) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        raise MeddiffError(f"'meddiff {feature}' is not part of this release yet (tracked in issue #{issue})")
+def _synth_train(args: argparse.Namespace) -> int:
+    from meddiffusion.synth.train import load_synth_config, run_training
 
-    return handler
+    overrides = {"data.data": str(Path(args.data).resolve())} if args.data else {}
+    if args.steps is not None:
+        overrides["train.steps"] = args.steps
+    config = load_synth_config(args.config, overrides)
+    folder = run_training(config, Path(args.out), resume=args.resume, stop_at=args.stop_at)
+    print(f"wrote {folder}")
+    return 0
+
+
+def _synth_lesion(args: argparse.Namespace) -> int:
+    from meddiffusion.segmentation.predict import input_case
+    from meddiffusion.synth.cases import synthesize_case
+    from meddiffusion.synth.pipeline import LesionRequest
+
+    centre = None
+    if args.center:
+        try:
+            centre = tuple(int(v) for v in args.center.split(","))
+        except ValueError:
+            centre = ()
+        if len(centre) != 3:
+            raise MeddiffError(f"--center takes three voxel indices X,Y,Z, got {args.center!r}")
+    files = {m: getattr(args, m) for m in ("t1", "t1ce", "t2", "flair")}
+    case = input_case(args.input, files)
+    request = LesionRequest(args.volume_ml, args.foci, centre, args.seed, args.steps)
+    result = synthesize_case(case, args.out_image, args.out_label, request, args.weights, force=args.force)
+    print(f"lesion {result.info['measured_volume_ml']:.2f} mL (requested {args.volume_ml:g}); wrote {args.out_label}")
+    return 0
+
+
+def _synth_cases(args: argparse.Namespace) -> int:
+    from meddiffusion.synth.cases import generate_cases, load_recipe
+
+    overrides = {"weights": args.weights} if args.weights else {}
+    written = generate_cases(load_recipe(args.recipe, overrides), args.n, args.out)
+    print(f"wrote {len(written)} new case(s) to {args.out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,10 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(handler=_eval_compare)
 
     _add_seg(commands)
-    for name, issue in (("synth", 6),):
-        sub = commands.add_parser(name, help=f"(not in this release; issue #{issue})")
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(handler=_not_yet(name, issue))
+    _add_synth(commands)
     return parser
 
 
@@ -354,6 +386,41 @@ def _add_seg(commands) -> None:
     ablate.add_argument("--folds", type=int, default=5)
     ablate.add_argument("--seed", type=int, default=0)
     ablate.set_defaults(handler=_seg_ablate)
+
+
+def _add_synth(commands) -> None:
+    synth = commands.add_parser("synth", help="synthesise tumour cases with a lesion of a requested size")
+    sub = synth.add_subparsers(dest="synth_command", required=True)
+    train = sub.add_parser("train", help="train the lesion-inpainting diffusion model")
+    train.add_argument("--config", help="YAML config, e.g. configs/synth_inpaint.yaml")
+    train.add_argument("--data", help="labelled data set (folder or CSV list); overrides data.data")
+    train.add_argument("--steps", type=int, help="override train.steps")
+    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--resume", action="store_true")
+    train.add_argument("--stop-at", type=int)
+    train.set_defaults(handler=_synth_train)
+
+    lesion = sub.add_parser("lesion", help="paint one lesion into a case")
+    lesion.add_argument("input", nargs="?", help="case folder (BraTS 2021/2023 naming); or give --flair/--t1ce ...")
+    for m in ("t1", "t1ce", "t2", "flair"):
+        lesion.add_argument(f"--{m}", help=f"{m} image")
+    lesion.add_argument("--volume-ml", type=float, required=True, help="whole-tumour volume of the new lesion")
+    lesion.add_argument("--foci", type=int, default=1)
+    lesion.add_argument("--center", help="voxel indices X,Y,Z of the (first) focus; default: random in the brain")
+    lesion.add_argument("--seed", type=int, default=0)
+    lesion.add_argument("--steps", type=int, default=10, help="sampler steps per plane")
+    lesion.add_argument("--weights", help="weights folder (default: the shipped synthesis weights)")
+    lesion.add_argument("--out-image", required=True, help="OUT.nii.gz -> OUT_<modality>.nii.gz per modality")
+    lesion.add_argument("--out-label", required=True, help="label map (BraTS 2021); LABEL.json records the case")
+    lesion.add_argument("--force", action="store_true")
+    lesion.set_defaults(handler=_synth_lesion)
+
+    cases = sub.add_parser("cases", help="a synthetic data set (nnU-Net raw layout) from a recipe; resumes")
+    cases.add_argument("--recipe", required=True, help="YAML recipe, e.g. configs/synth_recipe.yaml")
+    cases.add_argument("--n", type=int, required=True)
+    cases.add_argument("--out", required=True)
+    cases.add_argument("--weights", help="override the recipe's weights")
+    cases.set_defaults(handler=_synth_cases)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,6 +80,24 @@ def load_config(cls: type[T], path: str | Path) -> T:
     return from_dict(cls, load_yaml(path), path)
 
 
+def with_defaults(cls: type[T], data: dict[str, Any], overrides: dict[str, Any] | None = None, source: Any = None) -> T:
+    """``cls``'s defaults, updated section by section by ``data`` (a loaded YAML) and then by ``section.key``
+    overrides (command-line flags), validated. A partial section keeps the defaults of the keys it omits."""
+    raw = dataclasses.asdict(cls())
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    for dotted, value in (overrides or {}).items():
+        section, _, name = dotted.partition(".")
+        if name:
+            raw.setdefault(section, {})[name] = value
+        else:
+            raw[section] = value
+    return from_dict(cls, raw, source or "<defaults>")
+
+
 def resolve_data_path(entry: str, base: Path | None = None) -> Path:
     """Resolve a data path from a config: ``$VARS`` expanded, ``pkg:NAME/rel`` inside an installed package
     (e.g. ``pkg:nilearn/datasets/data/...``), relative paths against ``base`` (the config's folder)."""

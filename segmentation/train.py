@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torchio as tio
 
-from meddiffusion.config import from_dict, load_yaml, resolve_data_path
+from meddiffusion.config import load_yaml, resolve_data_path, with_defaults
 from meddiffusion.data.labels import region_masks
 from meddiffusion.data.layouts import CaseFiles, read_dataset
 from meddiffusion.data.prepare import load_case
@@ -94,15 +94,12 @@ def load_seg_config(path: str | Path | None, overrides: dict | None = None) -> S
     """The defaults, updated by a YAML file (paths relative to it) and by ``section.key`` overrides."""
     raw = load_yaml(path) if path else {}
     base = Path(path).resolve().parent if path else None
-    for section, key in (("data", "data"),):
-        if raw.get(section, {}).get(key):
-            raw[section][key] = str(resolve_data_path(raw[section][key], base))
-    if raw.get("data", {}).get("synthetic"):
-        raw["data"]["synthetic"] = [str(resolve_data_path(p, base)) for p in raw["data"]["synthetic"]]
-    for dotted, value in (overrides or {}).items():
-        section, _, name = dotted.partition(".")
-        raw.setdefault(section, {})[name] = value
-    return from_dict(SegTrainConfig, raw, path or "<defaults>")
+    data = raw.get("data", {})
+    if data.get("data"):
+        data["data"] = str(resolve_data_path(data["data"], base))
+    if data.get("synthetic"):
+        data["synthetic"] = [str(resolve_data_path(p, base)) for p in data["synthetic"]]
+    return with_defaults(SegTrainConfig, raw, overrides, path)
 
 
 def training_cases(config: SegDataConfig) -> tuple[list[CaseFiles], list[CaseFiles]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddiffusion.config import from_dict, load_yaml, resolve_data_path
+from meddiffusion.config import load_yaml, resolve_data_path, with_defaults
 from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.prepare import load_case
 from meddiffusion.diffusion import ConditionalUNet, NetworkConfig, make_scheduler
@@ -68,10 +68,7 @@ def load_synth_config(path: str | Path | None, overrides: dict | None = None) ->
     raw = load_yaml(path) if path else {}
     if raw.get("data", {}).get("data"):
         raw["data"]["data"] = str(resolve_data_path(raw["data"]["data"], Path(path).resolve().parent))
-    for dotted, value in (overrides or {}).items():
-        section, _, name = dotted.partition(".")
-        raw.setdefault(section, {})[name] = value
-    return from_dict(SynthTrainConfig, raw, path or "<defaults>")
+    return with_defaults(SynthTrainConfig, raw, overrides, path)
 
 
 def save_templates(subjects, path: Path) -> Path:

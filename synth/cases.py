@@ -1,0 +1,163 @@
+"""Files in, files out: one synthetic case (``meddiff synth lesion``) and a data set of them from a recipe
+(``meddiff synth cases``), written in nnU-Net raw layout so that ``meddiff seg train --synthetic`` and
+nnU-Net read it directly. A data set resumes: cases whose metadata exist are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from meddiffusion.config import from_dict, load_yaml, resolve_data_path
+from meddiffusion.data.layouts import CaseFiles, read_dataset
+from meddiffusion.errors import MeddiffError
+from meddiffusion.io import check_output, load_subject, save_nifti, strip_suffix, write_json
+from meddiffusion.provenance import file_sha256, provenance
+from meddiffusion.synth.pipeline import LesionRequest, LesionSynthesizer, SynthesisResult
+
+LABELS = {"background": 0, "necrotic_core": 1, "oedema": 2, "enhancing": 4}
+
+
+def modality_outputs(out_image: str | Path, modalities: list[str]) -> dict[str, Path]:
+    """``out.nii.gz`` -> ``out_flair.nii.gz``, ``out_t1ce.nii.gz`` ... (one file per modality)."""
+    stem = strip_suffix(out_image)
+    suffix = str(out_image)[len(str(stem)) :] or ".nii.gz"
+    return {m: stem.with_name(f"{stem.name}_{m}{suffix}") for m in modalities}
+
+
+def synthesize_case(
+    case: CaseFiles,
+    out_image: str | Path,
+    out_label: str | Path,
+    request: LesionRequest,
+    weights: str | Path | None = None,
+    force: bool = False,
+) -> SynthesisResult:
+    """Add a lesion to one case; writes one image per modality, the label map and ``<label>.json``."""
+    synthesizer = LesionSynthesizer(weights)
+    images = modality_outputs(out_image, synthesizer.modalities)
+    sidecar = strip_suffix(out_label).with_name(strip_suffix(out_label).name + ".json")
+    for path in [*images.values(), Path(out_label), sidecar]:
+        check_output(path, force)
+    missing = [m for m in synthesizer.modalities if m not in case.images]
+    if missing:
+        raise MeddiffError(f"the synthesis weights need modality {', '.join(missing)}, which the input lacks")
+    subject = load_subject({m: case.images[m] for m in synthesizer.modalities}, case.label, case_id=case.case_id)
+    result = synthesizer.synthesize(subject, request, case.convention, progress=True)
+    affine = subject[synthesizer.modalities[0]].affine
+    for m, path in images.items():
+        save_nifti(result.images[m], affine, path, force=force)
+    save_nifti(result.label, affine, out_label, force=force, label=True)
+    write_json(_metadata(case, synthesizer, result), sidecar, force=force)
+    return result
+
+
+def _metadata(case: CaseFiles, synthesizer: LesionSynthesizer, result: SynthesisResult) -> dict:
+    return provenance(
+        source_case=case.case_id,
+        source_images={m: str(case.images[m]) for m in synthesizer.modalities},
+        source_sha256={m: file_sha256(case.images[m]) for m in synthesizer.modalities},
+        **result.info,
+    )
+
+
+@dataclass
+class Distribution:
+    """Either ``values`` (with optional ``weights``) or a log-uniform range ``[min, max]``."""
+
+    values: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    loguniform: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if bool(self.values) == bool(self.loguniform):
+            raise ValueError("give either values or loguniform: [min, max]")
+        if self.loguniform and (len(self.loguniform) != 2 or not 0 < self.loguniform[0] < self.loguniform[1]):
+            raise ValueError("loguniform needs [min, max] with 0 < min < max")
+        if self.weights and len(self.weights) != len(self.values):
+            raise ValueError("weights must match values")
+
+    def draw(self, rng: np.random.Generator) -> float:
+        if self.values:
+            p = np.asarray(self.weights, float) / np.sum(self.weights) if self.weights else None
+            return float(rng.choice(self.values, p=p))
+        lo, hi = np.log(self.loguniform)
+        return float(np.exp(rng.uniform(lo, hi)))
+
+
+@dataclass
+class Recipe:
+    """What a synthetic data set looks like: sources, lesion sizes (mL), foci, and how it is sampled."""
+
+    source: str = ""
+    layout: str | None = None
+    exclude_cases: list[str] = field(default_factory=list)
+    volume_ml: Distribution = field(default_factory=lambda: Distribution(loguniform=[0.5, 20.0]))
+    foci: Distribution = field(default_factory=lambda: Distribution(values=[1, 2, 3], weights=[0.6, 0.3, 0.1]))
+    weights: str | None = None
+    steps: int = 10
+    seed: int = 0
+
+
+def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
+    path = Path(path)
+    raw = {**load_yaml(path), **(overrides or {})}
+    recipe = from_dict(Recipe, raw, path)
+    base = path.resolve().parent
+    if not recipe.source:
+        raise MeddiffError("the recipe names no source data set (source: ...)", path)
+    recipe.source = str(resolve_data_path(recipe.source, base))
+    if recipe.weights:
+        recipe.weights = str(resolve_data_path(recipe.weights, base))
+    return recipe
+
+
+def generate_cases(recipe: Recipe, n: int, out: str | Path, prefix: str = "synth") -> list[dict]:
+    """Write ``n`` cases into ``out`` (nnU-Net raw: ``dataset.json``, ``imagesTr/``, ``labelsTr/``,
+    ``metadata/CASE.json``); cases already written are skipped, so an interrupted run continues."""
+    out = Path(out)
+    sources = [c for c in read_dataset(recipe.source, recipe.layout) if c.case_id not in recipe.exclude_cases]
+    if not sources:
+        raise MeddiffError("no source cases left after exclusions", recipe.source)
+    synthesizer = LesionSynthesizer(recipe.weights)
+    modalities = synthesizer.modalities
+    for sub in ("imagesTr", "labelsTr", "metadata"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    write_json(
+        {
+            "channel_names": {str(i): m for i, m in enumerate(modalities)},
+            "labels": LABELS,
+            "numTraining": n,
+            "file_ending": ".nii.gz",
+            "name": "meddiffusion synthetic lesions",
+            "label_convention": "brats2021",
+        },
+        out / "dataset.json",
+    )
+    records = []
+    for i in tqdm(range(n), desc="cases"):
+        case_id = f"{prefix}_{i:04d}"
+        meta_path = out / "metadata" / f"{case_id}.json"
+        if meta_path.exists():  # written last: its presence means the case is complete
+            continue
+        rng = np.random.default_rng([recipe.seed, i])
+        source = sources[int(rng.integers(len(sources)))]
+        request = LesionRequest(
+            volume_ml=recipe.volume_ml.draw(rng),
+            foci=int(recipe.foci.draw(rng)),
+            seed=int(rng.integers(2**31)),
+            steps=recipe.steps,
+        )
+        subject = load_subject({m: source.images[m] for m in modalities}, source.label, case_id=source.case_id)
+        result = synthesizer.synthesize(subject, request, source.convention)
+        affine = subject[modalities[0]].affine
+        for c, m in enumerate(modalities):
+            save_nifti(result.images[m], affine, out / "imagesTr" / f"{case_id}_{c:04d}.nii.gz", force=True)
+        save_nifti(result.label, affine, out / "labelsTr" / f"{case_id}.nii.gz", force=True, label=True)
+        record = _metadata(source, synthesizer, result)
+        write_json({"case_id": case_id, **record}, meta_path)
+        records.append(record)
+    return records

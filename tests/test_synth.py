@@ -1,0 +1,187 @@
+"""Lesion synthesis: mask sizes, placement, inpainting that leaves the rest alone, data sets, commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from meddiffusion.cli import main
+from meddiffusion.data.check import check_dataset
+from meddiffusion.data.labels import to_brats2021
+from meddiffusion.data.layouts import read_dataset
+from meddiffusion.data.prepare import load_case
+from meddiffusion.errors import MeddiffError
+from meddiffusion.io import load_image, load_subject
+from meddiffusion.segmentation.data import SegPatches
+from meddiffusion.synth.cases import Distribution, Recipe, generate_cases
+from meddiffusion.synth.masks import Template, ellipsoid_template, lesion_mask
+from meddiffusion.synth.pipeline import LesionRequest, LesionSynthesizer
+from meddiffusion.synth.train import load_synth_config, run_training
+from meddiffusion.transforms import brain_mask
+from meddiffusion.weights import load_weights, pretrained
+
+
+@pytest.fixture(scope="module")
+def brain_2mm(case_paths):
+    """The embedded real brain at 2 mm (fast), and its real tumour as a shape template."""
+    flair = load_image(case_paths["flair"]).data[0].numpy()
+    label = load_image(case_paths["label"], label=True)
+    template = Template.from_label(to_brats2021(label.data[0].numpy(), "brats2012"), label.spacing)
+    existing = to_brats2021(label.data[0].numpy(), "brats2012")[::2, ::2, ::2] > 0
+    return brain_mask(flair)[::2, ::2, ::2], (2.0, 2.0, 2.0), template.largest_component(), existing
+
+
+@pytest.mark.parametrize(("volume", "foci"), [(0.5, 1), (5.0, 1), (20.0, 2), (60.0, 3)])
+def test_lesion_volume_matches_the_request_within_5_percent_inside_the_brain(brain_2mm, volume, foci):
+    brain, spacing, template, existing = brain_2mm
+    label = lesion_mask(brain, spacing, volume, [template], np.random.default_rng(1), foci, avoid=existing)
+    measured = (label > 0).sum() * 8 / 1000
+    assert abs(measured - volume) / volume <= 0.05
+    assert not (label[~brain] > 0).any() and not (label[existing] > 0).any()
+    assert set(np.unique(label).tolist()) <= {0, 1, 2, 4} and (label == 1).any()  # a core, not only oedema
+
+
+def test_same_seed_same_lesion_and_centre_is_honoured(brain_2mm):
+    brain, spacing, template, existing = brain_2mm
+    centre = tuple(int(c) for c in np.argwhere(brain & ~existing)[len(np.argwhere(brain & ~existing)) // 3])
+    a = lesion_mask(brain, spacing, 2.0, [template], np.random.default_rng(5), centre=centre)
+    b = lesion_mask(brain, spacing, 2.0, [template], np.random.default_rng(5), centre=centre)
+    assert np.array_equal(a, b)
+    coords = np.argwhere(a > 0).mean(0)
+    assert np.linalg.norm((coords - centre) * 2.0) < 10  # mm
+
+
+def test_bad_requests_are_clear_errors(brain_2mm):
+    brain, spacing, template, _ = brain_2mm
+    rng = np.random.default_rng(0)
+    with pytest.raises(MeddiffError, match="> 0 mL"):
+        lesion_mask(brain, spacing, 0.0, [template], rng)
+    with pytest.raises(MeddiffError, match="does not fit"):
+        lesion_mask(brain, spacing, 5000.0, [template], rng)
+    with pytest.raises(MeddiffError, match="outside the brain"):
+        lesion_mask(brain, spacing, 1.0, [template], rng, centre=(0, 0, 0))
+    with pytest.raises(MeddiffError, match="3D"):
+        lesion_mask(brain[:, :, 10], spacing, 1.0, [template], rng)
+
+
+def test_ellipsoid_template_has_nested_regions():
+    t = ellipsoid_template((1.0, 1.0, 1.0), 10.0)
+    wt, tc, et = t.regions > 0.5
+    assert wt.sum() > tc.sum() > et.sum() > 0 and not (tc & ~wt).any() and not (et & ~tc).any()
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(real_crop, tmp_path_factory):
+    """A synthesis model trained for a few steps on the real crop (tests the plumbing, not the quality)."""
+    folder = tmp_path_factory.mktemp("synth")
+    csv = folder / "cases.csv"
+    csv.write_text(
+        "case_id,flair,t1ce,label,convention\n"
+        f"hg0015,{real_crop['flair']},{real_crop['t1ce']},{real_crop['label']},brats2012\n"
+    )
+    config = load_synth_config(
+        None,
+        {
+            "data.data": str(csv),
+            "data.patch_size": 32,
+            "network.block_out_channels": [8, 16, 16, 16],
+            "train.steps": 3,
+            "train.batch_size": 2,
+            "train.warmup_steps": 1,
+            "train.threads": 1,
+        },
+    )
+    return run_training(config, folder / "run"), csv
+
+
+def test_inpainting_changes_only_the_dilated_lesion_and_is_reproducible(real_crop, tiny_weights):
+    weights, _ = tiny_weights
+    synthesizer = LesionSynthesizer(weights)
+    subject = load_subject({"flair": real_crop["flair"], "t1ce": real_crop["t1ce"]})
+    request = LesionRequest(volume_ml=0.3, seed=3, steps=2)
+    a = synthesizer.synthesize(subject, request)
+    b = synthesizer.synthesize(subject, request)
+    for m in ("flair", "t1ce"):
+        original = subject[m].data[0].numpy()
+        assert np.array_equal(a.images[m][~a.painted], original[~a.painted])
+        assert not np.array_equal(a.images[m][a.painted], original[a.painted])
+        assert np.array_equal(a.images[m], b.images[m])
+    assert abs(a.info["measured_volume_ml"] - 0.3) / 0.3 <= 0.05
+    assert np.array_equal(a.label > 0, a.lesion > 0)
+
+
+def test_generated_folder_passes_data_check_and_feeds_the_segmentation_trainer(tiny_weights, tmp_path):
+    weights, csv = tiny_weights
+    recipe = Recipe(
+        source=str(csv),
+        volume_ml=Distribution(values=[0.2, 0.4]),
+        foci=Distribution(values=[1]),
+        weights=str(weights),
+        steps=1,
+    )
+    out = tmp_path / "synthetic"
+    assert len(generate_cases(recipe, 2, out)) == 2
+    assert len(generate_cases(recipe, 2, out)) == 0  # resumes: nothing left to do
+    n, problems = check_dataset(out)
+    assert n == 2 and problems == []
+    meta = json.loads((out / "metadata" / "synth_0001.json").read_text())
+    assert {"requested_volume_ml", "measured_volume_ml", "weights_sha256", "source_sha256"} <= set(meta)
+    subjects = [load_case(c, ["flair", "t1ce"], None) for c in read_dataset(out)]
+    assert SegPatches(subjects, patch_size=32)[0]["image"].shape == (6, 32, 32)
+
+
+def test_synth_lesion_command_writes_files_and_refuses_to_overwrite(real_crop, tiny_weights, tmp_path):
+    weights, _ = tiny_weights
+    args = [
+        "synth",
+        "lesion",
+        "--flair",
+        str(real_crop["flair"]),
+        "--t1ce",
+        str(real_crop["t1ce"]),
+        "--volume-ml",
+        "0.3",
+        "--steps",
+        "1",
+        "--weights",
+        str(weights),
+        "--out-image",
+        str(tmp_path / "case.nii.gz"),
+        "--out-label",
+        str(tmp_path / "seg.nii.gz"),
+    ]
+    assert main(args) == 0
+    assert (tmp_path / "case_flair.nii.gz").exists() and (tmp_path / "case_t1ce.nii.gz").exists()
+    assert json.loads((tmp_path / "seg.json").read_text())["requested_volume_ml"] == 0.3
+    assert main(args) == 2  # exists already
+    assert (
+        main(
+            [
+                *args[:-4],
+                "--volume-ml",
+                "-1",
+                "--out-image",
+                str(tmp_path / "x.nii.gz"),
+                "--out-label",
+                str(tmp_path / "y.nii.gz"),
+            ]
+        )
+        == 2
+    )
+    assert not (tmp_path / "y.nii.gz").exists()
+
+
+def test_shipped_model_uses_its_size_input(real_crop):
+    model, config = load_weights(pretrained("synth-inpaint"))
+    assert config["modalities"] == ["flair", "t1ce"] and (pretrained("synth-inpaint") / "templates.npz").exists()
+    torch.manual_seed(0)
+    cond = torch.rand(1, model.config.cond_channels, 64, 64)
+    x_t = torch.randn(1, 2, 64, 64)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        small = model(x_t, t, cond, torch.tensor([[np.log2(0.5)]]))
+        large = model(x_t, t, cond, torch.tensor([[np.log2(80.0)]]))
+    assert (small - large).abs().mean() > 1e-3
