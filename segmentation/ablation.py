@@ -9,7 +9,6 @@ Finished folds are kept: re-running the command continues where it stopped.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from meddiffusion.config import from_dict
+from meddiffusion.config import with_defaults
 from meddiffusion.data.labels import region_masks, to_brats2021
 from meddiffusion.data.layouts import CaseFiles, read_dataset
 from meddiffusion.data.prepare import brain_normalise
@@ -36,18 +35,22 @@ from meddiffusion.segmentation.variants import VARIANTS
 from meddiffusion.weights import WEIGHTS_FILE
 
 METRICS = [f"{r}_{m}" for r in ("WT", "TC", "ET") for m in ("dice", "hd95", "sensitivity", "specificity")]
+LESION_METRICS = [
+    "lesion_sensitivity",
+    "lesion_sensitivity_<1mL",
+    "lesion_sensitivity_1-10mL",
+    "n_lesions_<1mL",
+    "false_positives",
+]
 
 
 def with_overrides(config: SegTrainConfig, overrides: dict[str, Any]) -> SegTrainConfig:
     """A validated copy of ``config`` with ``section.key`` values replaced."""
-    raw = copy.deepcopy(dataclasses.asdict(config))
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        raw[section][key] = value
-    return from_dict(SegTrainConfig, raw, "<variant>")
+    return with_defaults(SegTrainConfig, dataclasses.asdict(config), overrides, "<variant>")
 
 
-def _reference(case: CaseFiles, modalities: Sequence[str]):
+def reference_label(case: CaseFiles, modalities: Sequence[str]):
+    """The case's subject and its expert label in the BraTS 2021 convention."""
     subject = load_subject({m: case.images[m] for m in modalities}, case.label, case_id=case.case_id)
     label = to_brats2021(subject[LABEL_KEY].data[0].numpy().round().astype(np.int64), case.convention)
     return subject, label
@@ -80,7 +83,7 @@ def _fold(config, variant, fold, train_ids, test_ids, cases, run: Path) -> list[
     if variant == "floor":
         flairs, tumours = [], []
         for case_id in train_ids:
-            subject, label = _reference(cases[case_id], modalities)
+            subject, label = reference_label(cases[case_id], modalities)
             flairs.append(brain_normalise(subject["flair"].data[0].numpy()))
             tumours.append(region_masks(label)["WT"])
         threshold = fit_threshold(flairs, tumours)
@@ -95,22 +98,26 @@ def _fold(config, variant, fold, train_ids, test_ids, cases, run: Path) -> list[
         segmenter = Segmenter(run / "weights")
         predict = segmenter.predict
         info = {"weights_sha256": segmenter.hash}
-    rows = []
-    (run / "pred").mkdir(parents=True, exist_ok=True)
-    for case_id in test_ids:
-        subject, label = _reference(cases[case_id], modalities)
-        pred = predict(subject)
-        save_nifti(
-            pred.astype(np.uint8),
-            subject[modalities[0]].affine,
-            run / "pred" / f"{case_id}.nii.gz",
-            force=True,
-            label=True,
-        )
-        metrics = evaluate_segmentation(pred, label, tuple(subject[modalities[0]].spacing), "brats2021")
-        rows.append({"variant": variant, "fold": fold, "case_id": case_id, **{k: metrics[k] for k in METRICS}})
+    rows = [
+        {"variant": variant, "fold": fold, **r}
+        for r in evaluate_cases(predict, cases, test_ids, run / "pred", modalities)
+    ]
     write_json(provenance(variant=variant, fold=fold, train=train_ids, test=test_ids, **info), run / "provenance.json")
     write_json(rows, done)
+    return rows
+
+
+def evaluate_cases(predict, cases: dict[str, CaseFiles], test_ids, pred_dir: Path, modalities) -> list[dict[str, Any]]:
+    """Predict every test case on its own grid, save it, and score it against its expert label (BraTS 2021)."""
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case_id in test_ids:
+        subject, label = reference_label(cases[case_id], modalities)
+        pred = predict(subject)
+        affine = subject[modalities[0]].affine
+        save_nifti(pred.astype(np.uint8), affine, pred_dir / f"{case_id}.nii.gz", force=True, label=True)
+        metrics = evaluate_segmentation(pred, label, tuple(subject[modalities[0]].spacing), "brats2021")
+        rows.append({"case_id": case_id, **{k: metrics[k] for k in (*METRICS, *LESION_METRICS)}})
     return rows
 
 
