@@ -175,3 +175,18 @@ def test_ablation_variants_validate_and_the_summary_has_paired_tests(crop_list):
     ]
     table = summary_table(rows)
     assert "| full | 4 | 0.815 ± 0.013" in table and "| unet | WT_dice | -0.100 |" in table
+
+
+def test_predict_reads_a_brats_case_folder_and_ignores_extra_modalities(real_crop, tmp_path):
+    import shutil
+
+    case = tmp_path / "BraTS-X" / "BraTS-X"
+    case.mkdir(parents=True)
+    for name, key in (("flair", "t2f"), ("t1ce", "t1c"), ("t2", "t2w")):
+        shutil.copy(real_crop[name], case / f"BraTS-X-{key}.nii.gz")
+    found = input_case(case, {})
+    assert found.convention == "brats2023" and set(found.images) == {"flair", "t1ce", "t2"}
+    assert main(["seg", "predict", str(case), str(tmp_path / "out.nii.gz")]) == 0
+    assert nib.load(tmp_path / "out.nii.gz").shape == (64, 64, 32)
+    with pytest.raises(MeddiffError, match="no modality files"):
+        input_case(tmp_path, {})

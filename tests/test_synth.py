@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_nifti
 from meddiffusion.cli import main
 from meddiffusion.data.check import check_dataset
 from meddiffusion.data.labels import to_brats2021
@@ -17,6 +18,7 @@ from meddiffusion.data.prepare import load_case
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image, load_subject
 from meddiffusion.segmentation.data import SegPatches
+from meddiffusion.study import StudyPreset, run_study
 from meddiffusion.synth.cases import Distribution, Recipe, generate_cases
 from meddiffusion.synth.masks import Template, ellipsoid_template, lesion_mask
 from meddiffusion.synth.pipeline import LesionRequest, LesionSynthesizer
@@ -189,9 +191,6 @@ def test_shipped_model_uses_its_size_input(real_crop):
 
 
 def test_quick_study_runs_end_to_end_on_a_tiny_real_subset(real_crop, tmp_path):
-    from meddiffusion.study import StudyPreset, run_study
-    from tests.conftest import write_nifti
-
     rows = ["case_id,flair,t1ce,label,convention"]
     for k, flip in enumerate((None, 0, 1)):  # three distinct real-derived cases (mirrored crops)
         files = {}

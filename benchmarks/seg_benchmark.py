@@ -1,0 +1,128 @@
+"""Segmentation benchmark: cross-validation over the real labelled cases, ablations, speed and memory.
+
+    python benchmarks/seg_benchmark.py [--runs RUNS] [--steps 500] [--folds 5] [--out docs/benchmarks]
+    python benchmarks/seg_benchmark.py --only-timing
+
+Cross-validation (``meddiff seg ablate``, continued if ``--runs`` holds finished folds): every variant of
+``segmentation/variants.py`` on the same k folds (by patient) and seeds, configs/seg_dualpath.yaml with
+``--steps`` training steps per fold; metrics on each held-out case on its original grid. Writes
+``seg_cv_table.md`` and ``seg_cv_per_case.csv``. Timing (this machine, 2 threads, nothing else running): seconds
+per training step (batch 8 of 64 x 64, 2.5D, FLAIR + T1c) and per predicted 240 x 240 x 155 volume with the
+shipped weights, and each measurement's peak resident memory (its own process). Writes ``seg_timing.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "seg_dualpath.yaml"
+PAT0006 = ROOT.parent / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_pat0006_1"
+
+
+def cross_validation(runs: Path, steps: int, folds: int, out: Path) -> None:
+    from meddiffusion.eval.report import write_csv
+    from meddiffusion.segmentation.ablation import cross_validate, summary_table
+    from meddiffusion.segmentation.train import load_seg_config
+    from meddiffusion.segmentation.variants import VARIANTS
+
+    config = load_seg_config(CONFIG, {"train.steps": steps})
+    rows = cross_validate(config, runs, list(VARIANTS), folds)
+    write_csv(rows, out / "seg_cv_per_case.csv")
+    (out / "seg_cv_table.md").write_text(summary_table(rows))
+    print(summary_table(rows))
+
+
+def _train_steps(model: str, queue) -> None:
+    import torch
+
+    from meddiffusion.data.layouts import read_dataset
+    from meddiffusion.data.prepare import load_case
+    from meddiffusion.segmentation.data import SegPatches
+    from meddiffusion.segmentation.models import build_network
+    from meddiffusion.segmentation.train import load_seg_config, make_loss
+
+    torch.set_num_threads(2)
+    config = load_seg_config(CONFIG, {"network.model": model})
+    case = read_dataset(config.data.data)[0]
+    patches = SegPatches([load_case(case, config.data.modalities, None)], 64, 1, 0.5, True)
+    net = build_network(config.network, 6, 4)
+    loss_fn, _ = make_loss(config.loss, net)
+    optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
+    times = []
+    for step in range(13):
+        started = time.perf_counter()
+        items = [patches[step * 8 + i] for i in range(8)]
+        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        loss, _ = loss_fn(net, batch, None)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - started)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"model": model, "s_per_step": sum(times[3:]) / len(times[3:]), "peak_rss_mb": peak})
+
+
+def _predict(queue) -> None:
+    import torch
+
+    from meddiffusion.io import load_subject
+    from meddiffusion.segmentation.predict import Segmenter
+
+    torch.set_num_threads(2)
+    subject = load_subject(
+        {"flair": PAT0006 / "Flair_subtrMeanDivStd.nii.gz", "t1ce": PAT0006 / "T1c_subtrMeanDivStd.nii.gz"}
+    )
+    segmenter = Segmenter()
+    started = time.perf_counter()
+    segmenter.predict(subject)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"predict_s_per_volume": seconds, "shape": list(subject.spatial_shape), "peak_rss_mb": peak})
+
+
+def _in_child(target, *args) -> dict:
+    """Run in a fresh process so that its peak memory is its own."""
+    queue = mp.get_context("spawn").Queue()
+    process = mp.get_context("spawn").Process(target=target, args=(*args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def timing(out: Path) -> None:
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, 2 threads",
+        "training": [_in_child(_train_steps, model) for model in ("dualpath", "unet")],
+        "prediction": _in_child(_predict),
+    }
+    (out / "seg_timing.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", default=str(ROOT / "benchmark-runs" / "seg-cv"))
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    parser.add_argument("--only-timing", action="store_true")
+    parser.add_argument("--no-timing", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.only_timing:
+        cross_validation(Path(args.runs), args.steps, args.folds, out)
+    if not args.no_timing:
+        timing(out)
+
+
+if __name__ == "__main__":
+    main()
