@@ -51,16 +51,22 @@ def paint_region(label: np.ndarray, brain: np.ndarray, margin: int = MARGIN) -> 
 
 
 def build_cond(
-    below: torch.Tensor,
-    here: torch.Tensor,
-    above: torch.Tensor,
-    regions: torch.Tensor,
-    hole: torch.Tensor,
-    hole_above: torch.Tensor,
+    images: torch.Tensor, regions: torch.Tensor, hole: torch.Tensor, plane: int, window: tuple[slice, slice]
 ) -> torch.Tensor:
-    """The conditioning stack ``[3M + 4, H, W]`` (see the module docstring); one definition for training and
-    sampling."""
-    return torch.cat([below, here * (1 - hole), above * (1 - hole_above), regions, hole[None]])
+    """The conditioning stack ``[3M + 4, h, w]`` for ``plane`` inside ``window`` (see the module docstring), from
+    planes-first volumes: ``images`` [M, Z, X, Y], ``regions`` [3, Z, X, Y], ``hole`` [Z, X, Y]. One definition
+    for training and sampling."""
+    below, above = max(plane - 1, 0), min(plane + 1, images.shape[1] - 1)
+    crop = (slice(None), *window)
+    return torch.cat(
+        [
+            images[:, below][crop],
+            images[:, plane][crop] * (1 - hole[plane][window]),
+            images[:, above][crop] * (1 - hole[above][window]),
+            regions[:, plane][crop],
+            hole[plane][window][None],
+        ]
+    )
 
 
 class InpaintPairs(Dataset):
@@ -105,16 +111,7 @@ class InpaintPairs(Dataset):
         y0 = int(np.clip(cy - window_size // 2, 0, max(h - window_size, 0)))
         x0 = int(np.clip(cx - window_size // 2, 0, max(w - window_size, 0)))
         window = (slice(y0, y0 + window_size), slice(x0, x0 + window_size))
-        n = images.shape[1]
-        below, above = max(plane - 1, 0), min(plane + 1, n - 1)
-        cond = build_cond(
-            images[:, below][(slice(None), *window)],
-            images[:, plane][(slice(None), *window)],
-            images[:, above][(slice(None), *window)],
-            regions[:, plane][(slice(None), *window)],
-            hole[plane][window],
-            hole[above][window],
-        )
+        cond = build_cond(images, regions, hole, plane, window)
         target = images[:, plane][(slice(None), *window)]
         stacked = torch.cat([target, cond])[None]
         if stacked.shape[-1] != self.patch_size or stacked.shape[-2] != self.patch_size:

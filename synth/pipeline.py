@@ -118,19 +118,10 @@ class LesionSynthesizer:
         planes = torch.nonzero(hole.flatten(1).any(1)).flatten().tolist()
         generator = torch.Generator().manual_seed(request.seed)
         conditions = torch.tensor([[np.log2(request.volume_ml)]], dtype=torch.float32, device=self.device)
-        n = current.shape[1]
         for z in tqdm(planes, desc="paint", disable=not progress, leave=False):
             rows, cols = _window(hole[z], MIN_WINDOW, self.model.config.downsampling)
             window = (rows, cols)
-            below, above = max(z - 1, 0), min(z + 1, n - 1)
-            cond = build_cond(
-                current[:, below][(slice(None), *window)],
-                current[:, z][(slice(None), *window)],
-                current[:, above][(slice(None), *window)],
-                regions_t[:, z][(slice(None), *window)],
-                hole[z][window],
-                hole[above][window],
-            )
+            cond = build_cond(current, regions_t, hole, z, window)
             size = max(cond.shape[-2:])
             size += -size % self.model.config.downsampling
             known = pad_to(current[:, z][(slice(None), *window)], size)
