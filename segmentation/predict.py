@@ -23,7 +23,7 @@ from meddiffusion.io import check_output, load_subject, modality_names, save_nif
 from meddiffusion.provenance import provenance
 from meddiffusion.segmentation.data import PLANE_AXIS, classes_to_labels
 from meddiffusion.segmentation.models import SegNetworkConfig, build_network
-from meddiffusion.weights import load_weights, pretrained, weights_hash
+from meddiffusion.weights import load_weights, pretrained, read_config, weights_hash
 
 SHIPPED = "seg-dualpath"
 
@@ -44,6 +44,8 @@ def segment_prepared(
     device = next(model.parameters()).device
     n_classes = None
     coords = np.argwhere(brain)
+    if coords.size == 0:
+        raise MeddiffError(f"case {subject.get('case_id', '')}: the first modality is empty (a constant image)")
     box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(coords.min(0), coords.max(0), strict=True))
     planes = range(box[0].start, box[0].stop)
     outputs = []
@@ -74,9 +76,9 @@ class Segmenter:
 
     def __init__(self, folder: str | Path | None = None, device: str = "cpu") -> None:
         self.folder = Path(folder) if folder else pretrained(SHIPPED)
-        self.model, self.config = load_weights(self.folder, device, build=_build)
-        if self.config.get("task") != "segmentation":
+        if read_config(self.folder).get("task") != "segmentation":
             raise MeddiffError("these are not segmentation weights", self.folder)
+        self.model, self.config = load_weights(self.folder, device, build=_build)
         self.modalities: list[str] = self.config["modalities"]
         self.hash = weights_hash(self.folder)
 

@@ -31,7 +31,7 @@ from meddiffusion.synth.data import PLANE_AXIS, build_cond, paint_region, region
 from meddiffusion.synth.masks import lesion_mask
 from meddiffusion.synth.train import TEMPLATES_FILE, load_templates
 from meddiffusion.transforms import brain_mask, denormalise, normalise
-from meddiffusion.weights import load_weights, pretrained, weights_hash
+from meddiffusion.weights import load_weights, pretrained, read_config, weights_hash
 
 SHIPPED = "synth-inpaint"
 MIN_WINDOW = 64
@@ -60,9 +60,9 @@ class LesionSynthesizer:
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu") -> None:
         self.folder = Path(weights) if weights else pretrained(SHIPPED)
-        self.model, self.config = load_weights(self.folder, device)
-        if self.config.get("task") != "synth":
+        if read_config(self.folder).get("task") != "synth":
             raise MeddiffError("these are not lesion-synthesis weights", self.folder)
+        self.model, self.config = load_weights(self.folder, device)
         self.modalities: list[str] = self.config["modalities"]
         self.templates = load_templates(self.folder / TEMPLATES_FILE)
         self.scheduler = make_scheduler("ddim", **self.config["schedule"])

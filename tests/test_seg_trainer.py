@@ -190,3 +190,8 @@ def test_predict_reads_a_brats_case_folder_and_ignores_extra_modalities(real_cro
     assert nib.load(tmp_path / "out.nii.gz").shape == (64, 64, 32)
     with pytest.raises(MeddiffError, match="no modality files"):
         input_case(tmp_path, {})
+
+
+def test_weights_of_another_task_are_refused(tmp_path):
+    with pytest.raises(MeddiffError, match="not segmentation weights"):
+        Segmenter(pretrained("sr-unet"))
