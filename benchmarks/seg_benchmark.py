@@ -53,7 +53,7 @@ def _train_steps(model: str, queue) -> None:
     case = read_dataset(config.data.data)[0]
     patches = SegPatches([load_case(case, config.data.modalities, None)], 64, 1, 0.5, True)
     net = build_network(config.network, 6, 4)
-    loss_fn, _ = make_loss(config.loss, net)
+    loss_fn, _ = make_loss(config.loss)
     optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
     times = []
     for step in range(13):

@@ -121,7 +121,7 @@ def _load(cases: list[CaseFiles], config: SegDataConfig) -> list[tio.Subject]:
     return [load_case(c, config.modalities, config.spacing) for c in cases]
 
 
-def make_loss(config: SegLossConfig, model: torch.nn.Module) -> tuple:
+def make_loss(config: SegLossConfig) -> tuple:
     """The training objective: the hybrid loss, its terms weighted by GradNorm (or fixed), plus what to log."""
     hybrid = HybridLoss(
         config.alpha,
@@ -225,7 +225,7 @@ def run_training(config: SegTrainConfig, out: Path, resume: bool = False, stop_a
     )
     in_channels = len(config.data.modalities) * (2 * config.data.neighbours + 1)
     model = build_network(config.network, in_channels, len(CLASS_LABELS))
-    loss_fn, gradnorm = make_loss(config.loss, model)
+    loss_fn, gradnorm = make_loss(config.loss)
     out.mkdir(parents=True, exist_ok=True)
     data_list = {
         "train": [c.case_id for c in train_cases],

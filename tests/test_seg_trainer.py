@@ -195,3 +195,17 @@ def test_predict_reads_a_brats_case_folder_and_ignores_extra_modalities(real_cro
 def test_weights_of_another_task_are_refused(tmp_path):
     with pytest.raises(MeddiffError, match="not segmentation weights"):
         Segmenter(pretrained("sr-unet"))
+
+
+def test_validation_cases_keep_the_best_weights(real_crop, tmp_path):
+    rows = ["case_id,flair,t1ce,label,convention"]
+    rows += [f"{c},{real_crop['flair']},{real_crop['t1ce']},{real_crop['label']},brats2012" for c in ("a", "b")]
+    data = tmp_path / "cases.csv"
+    data.write_text("\n".join(rows) + "\n")
+    config = _config(data, steps=4, **{"data.val_cases": ["b"], "train.validate_every": 2})
+    run_training(config, tmp_path / "run")
+    best = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
+    assert {"dice_wt", "dice_tc", "dice_et", "dice_mean"} <= set(best)
+    log = np.genfromtxt(tmp_path / "run" / "validation_log.csv", delimiter=",", names=True)
+    assert len(log) == 2 and best["dice_mean"] == pytest.approx(max(log["dice_mean"]))
+    assert json.loads((tmp_path / "run" / "data_list.json").read_text())["val"] == ["b"]
