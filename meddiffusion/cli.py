@@ -181,7 +181,9 @@ def _seg_predict(args: argparse.Namespace) -> int:
         raise MeddiffError("give INPUT OUTPUT, or OUTPUT with one file per modality (--flair F --t1ce F ...)")
     case_dir, output = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
     files = {m: getattr(args, m) for m in ("t1", "t1ce", "t2", "flair")}
-    labels = predict_case(input_case(case_dir, files), output, args.weights, force=args.force)
+    labels = predict_case(
+        input_case(case_dir, files), output, args.weights, force=args.force, clean=not args.no_postprocess
+    )
     print(f"wrote {output} ({int((labels > 0).sum())} tumour voxels)")
     return 0
 
@@ -398,6 +400,7 @@ def _add_seg(commands) -> None:
     for m in ("t1", "t1ce", "t2", "flair"):
         predict.add_argument(f"--{m}", help=f"{m} image (instead of, or over, the case folder's)")
     predict.add_argument("--weights", help="weights folder (default: the shipped dual-path weights)")
+    predict.add_argument("--no-postprocess", action="store_true", help="keep small isolated tumour components")
     predict.add_argument("--force", action="store_true")
     predict.set_defaults(handler=_seg_predict)
 

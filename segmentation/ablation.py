@@ -26,10 +26,10 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.report import write_csv
 from meddiffusion.eval.segmentation import evaluate_segmentation
 from meddiffusion.eval.stats import paired_comparison
-from meddiffusion.io import LABEL_KEY, load_subject, save_nifti, write_json
+from meddiffusion.io import LABEL_KEY, load_image, load_subject, save_nifti, write_json
 from meddiffusion.provenance import provenance
 from meddiffusion.segmentation.baselines import fit_threshold, predict_threshold
-from meddiffusion.segmentation.predict import Segmenter
+from meddiffusion.segmentation.predict import Segmenter, postprocess
 from meddiffusion.segmentation.train import SegTrainConfig, run_training
 from meddiffusion.segmentation.variants import VARIANTS
 from meddiffusion.weights import WEIGHTS_FILE
@@ -87,7 +87,10 @@ def _fold(config, variant, fold, train_ids, test_ids, cases, run: Path) -> list[
             flairs.append(brain_normalise(subject["flair"].data[0].numpy()))
             tumours.append(region_masks(label)["WT"])
         threshold = fit_threshold(flairs, tumours)
-        predict = lambda subject: predict_threshold(brain_normalise(subject["flair"].data[0].numpy()), threshold)  # noqa: E731
+
+        def predict(subject):
+            return postprocess(predict_threshold(brain_normalise(subject["flair"].data[0].numpy()), threshold))
+
         info = {"threshold": threshold}
     else:
         fold_config = with_overrides(config, VARIANTS[variant])
@@ -119,6 +122,23 @@ def evaluate_cases(predict, cases: dict[str, CaseFiles], test_ids, pred_dir: Pat
         metrics = evaluate_segmentation(pred, label, tuple(subject[modalities[0]].spacing), "brats2021")
         rows.append({"case_id": case_id, **{k: metrics[k] for k in (*METRICS, *LESION_METRICS)}})
     return rows
+
+
+def rescore(out: str | Path, modalities: Sequence[str], data: str, layout: str | None = None) -> None:
+    """Score the saved predictions of every finished fold again with the current ``postprocess`` (idempotent:
+    predictions made before it existed are scored as a fresh run would score them now)."""
+    cases = {c.case_id: c for c in read_dataset(data, layout) if c.label is not None}
+    for done in sorted(Path(out).glob("*/fold*/metrics.json")):
+        rows = json.loads(done.read_text())
+        fresh = []
+        for row in rows:
+            subject, label = reference_label(cases[row["case_id"]], modalities)
+            pred = postprocess(
+                load_image(done.parent / "pred" / f"{row['case_id']}.nii.gz", label=True).data[0].numpy()
+            )
+            metrics = evaluate_segmentation(pred, label, tuple(subject[modalities[0]].spacing), "brats2021")
+            fresh.append({**row, **{k: metrics[k] for k in (*METRICS, *LESION_METRICS)}})
+        write_json(fresh, done)
 
 
 def summary_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str:

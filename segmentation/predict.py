@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torchio as tio
 from monai.inferers import sliding_window_inference
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from meddiffusion.data.layouts import MODALITIES, CaseFiles, read_case
@@ -71,6 +72,19 @@ def segment_prepared(
     return out.movedim(1, PLANE_AXIS + 1)
 
 
+def postprocess(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
+    """Drop whole-tumour components smaller than ``min_fraction`` of the largest (26-connectivity), as nnU-Net's
+    post-processing does for BraTS: isolated false-positive specks are what inflate HD95. Fixed a priori, not
+    tuned on test cases; idempotent."""
+    tumour = labels > 0
+    components, n = ndimage.label(tumour, np.ones((3,) * labels.ndim, dtype=bool))
+    if n <= 1:
+        return labels
+    sizes = ndimage.sum(tumour, components, index=np.arange(1, n + 1))
+    keep = np.isin(components, 1 + np.flatnonzero(sizes >= min_fraction * sizes.max()))
+    return np.where(keep, labels, 0).astype(labels.dtype)
+
+
 class Segmenter:
     """A trained segmentation model with what it needs to be applied: modalities, spacing, patch size."""
 
@@ -82,8 +96,8 @@ class Segmenter:
         self.modalities: list[str] = self.config["modalities"]
         self.hash = weights_hash(self.folder)
 
-    def predict(self, subject: tio.Subject, progress: bool = False) -> np.ndarray:
-        """Integer BraTS 2021 labels on the subject's grid."""
+    def predict(self, subject: tio.Subject, progress: bool = False, clean: bool = True) -> np.ndarray:
+        """Integer BraTS 2021 labels on the subject's grid (``clean``: with ``postprocess``)."""
         images = tio.Subject(**{m: subject[m] for m in self.modalities})
         prepared = prepare_subject(images, None, self.config.get("spacing"))
         probs = segment_prepared(
@@ -93,7 +107,8 @@ class Segmenter:
             reference = subject[self.modalities[0]]
             image = tio.ScalarImage(tensor=probs, affine=prepared[self.modalities[0]].affine)
             probs = tio.Resample(reference)(image).data
-        return classes_to_labels(probs.argmax(0).numpy())
+        labels = classes_to_labels(probs.argmax(0).numpy())
+        return postprocess(labels) if clean else labels
 
 
 def _build(config: dict) -> torch.nn.Module:
@@ -115,7 +130,7 @@ def input_case(path: str | Path | None, files: Mapping[str, str | Path | None]) 
 
 
 def predict_case(
-    case: CaseFiles, output: str | Path, weights: str | Path | None = None, force: bool = False
+    case: CaseFiles, output: str | Path, weights: str | Path | None = None, force: bool = False, clean: bool = True
 ) -> np.ndarray:
     """Segment one case into ``output`` (uint8 NIfTI, BraTS 2021 labels) plus ``<output>.json`` provenance."""
     output = Path(output)
@@ -130,7 +145,7 @@ def predict_case(
             f"(it has {', '.join(sorted(case.images)) or 'none'})"
         )
     subject = load_subject({m: case.images[m] for m in segmenter.modalities}, case_id=case.case_id)
-    labels = segmenter.predict(subject, progress=True)
+    labels = segmenter.predict(subject, progress=True, clean=clean)
     reference = subject[segmenter.modalities[0]]
     save_nifti(labels.astype(np.uint8), reference.affine, output, force=force, label=True)
     write_json(
@@ -140,6 +155,7 @@ def predict_case(
             weights=str(segmenter.folder),
             weights_sha256=segmenter.hash,
             label_convention="brats2021",
+            postprocessed=clean,
             voxels_per_label={int(v): int((labels == v).sum()) for v in np.unique(labels)},
         ),
         sidecar,

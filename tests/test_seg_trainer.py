@@ -209,3 +209,16 @@ def test_validation_cases_keep_the_best_weights(real_crop, tmp_path):
     log = np.genfromtxt(tmp_path / "run" / "validation_log.csv", delimiter=",", names=True)
     assert len(log) == 2 and best["dice_mean"] == pytest.approx(max(log["dice_mean"]))
     assert json.loads((tmp_path / "run" / "data_list.json").read_text())["val"] == ["b"]
+
+
+def test_postprocess_drops_small_isolated_components_and_is_idempotent():
+    from meddiffusion.segmentation.predict import postprocess
+
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[5:15, 5:15, 5:15] = 2
+    labels[8:12, 8:12, 8:12] = 4
+    labels[25:27, 25:27, 25:27] = 1  # 8 voxels, < 10 % of the 1000-voxel tumour
+    labels[20:25, 2:7, 2:7] = 2  # 125 voxels, kept (a second focus)
+    out = postprocess(labels)
+    assert out[26, 26, 26] == 0 and out[22, 4, 4] == 2 and np.array_equal(out[:16], labels[:16])
+    assert np.array_equal(postprocess(out), out)
