@@ -26,13 +26,15 @@ CONFIG = ROOT / "configs" / "seg_dualpath.yaml"
 PAT0006 = ROOT.parent / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_pat0006_1"
 
 
-def cross_validation(runs: Path, steps: int, folds: int, out: Path) -> None:
+def cross_validation(runs: Path, steps: int, folds: int, out: Path, rescore_saved: bool) -> None:
     from meddiffusion.eval.report import write_csv
-    from meddiffusion.segmentation.ablation import cross_validate, summary_table
+    from meddiffusion.segmentation.ablation import cross_validate, rescore, summary_table
     from meddiffusion.segmentation.train import load_seg_config
     from meddiffusion.segmentation.variants import VARIANTS
 
     config = load_seg_config(CONFIG, {"train.steps": steps})
+    if rescore_saved:
+        rescore(sorted(runs.glob("*/fold*/metrics.json")), config.data.modalities, config.data.data)
     rows = cross_validate(config, runs, list(VARIANTS), folds)
     write_csv(rows, out / "seg_cv_per_case.csv")
     (out / "seg_cv_table.md").write_text(summary_table(rows))
@@ -115,11 +117,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
     parser.add_argument("--only-timing", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--rescore", action="store_true", help="score saved fold predictions again (post-processing)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.only_timing:
-        cross_validation(Path(args.runs), args.steps, args.folds, out)
+        cross_validation(Path(args.runs), args.steps, args.folds, out, args.rescore)
     if not args.no_timing:
         timing(out)
 

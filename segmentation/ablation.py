@@ -124,11 +124,11 @@ def evaluate_cases(predict, cases: dict[str, CaseFiles], test_ids, pred_dir: Pat
     return rows
 
 
-def rescore(out: str | Path, modalities: Sequence[str], data: str, layout: str | None = None) -> None:
-    """Score the saved predictions of every finished fold again with the current ``postprocess`` (idempotent:
-    predictions made before it existed are scored as a fresh run would score them now)."""
+def rescore(finished: Sequence[Path], modalities: Sequence[str], data: str, layout: str | None = None) -> None:
+    """Score the saved predictions beside each ``metrics.json`` again with the current ``postprocess``
+    (idempotent: predictions made before it existed are scored as a fresh run would score them now)."""
     cases = {c.case_id: c for c in read_dataset(data, layout) if c.label is not None}
-    for done in sorted(Path(out).glob("*/fold*/metrics.json")):
+    for done in finished:
         rows = json.loads(done.read_text())
         fresh = []
         for row in rows:
