@@ -8,6 +8,8 @@ precision with an empty prediction are undefined and reported as NaN.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
@@ -51,8 +53,10 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]
     p = torch.from_numpy(pred)[None, None]
     r = torch.from_numpy(ref)[None, None]
     sp = [float(s) for s in spacing]
-    out["hd95"] = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp))
-    out["asd"] = float(compute_average_surface_distance(p, r, include_background=True, symmetric=True, spacing=sp))
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument it passes to itself internally
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        out["hd95"] = float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp))
+        out["asd"] = float(compute_average_surface_distance(p, r, include_background=True, symmetric=True, spacing=sp))
     return {"dice": out.pop("dice"), "hd95": out.pop("hd95"), "asd": out.pop("asd"), **out}
 
 
