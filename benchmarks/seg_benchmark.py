@@ -26,7 +26,7 @@ CONFIG = ROOT / "configs" / "seg_dualpath.yaml"
 PAT0006 = ROOT.parent / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_pat0006_1"
 
 
-def cross_validation(runs: Path, steps: int, folds: int, out: Path, rescore_saved: bool) -> None:
+def cross_validation(runs: Path, steps: int, folds: int, out: Path, rescore_saved: bool, finished_only: bool) -> None:
     from meddiffusion.eval.report import write_csv
     from meddiffusion.segmentation.ablation import cross_validate, rescore, summary_table
     from meddiffusion.segmentation.train import load_seg_config
@@ -35,7 +35,11 @@ def cross_validation(runs: Path, steps: int, folds: int, out: Path, rescore_save
     config = load_seg_config(CONFIG, {"train.steps": steps})
     if rescore_saved:
         rescore(sorted(runs.glob("*/fold*/metrics.json")), config.data.modalities, config.data.data)
-    rows = cross_validate(config, runs, list(VARIANTS), folds)
+    if finished_only:  # report the folds that have finished, train nothing
+        rows = [r for path in sorted(runs.glob("*/fold*/metrics.json")) for r in json.loads(path.read_text())]
+        rows.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["fold"]))
+    else:
+        rows = cross_validate(config, runs, list(VARIANTS), folds)
     write_csv(rows, out / "seg_cv_per_case.csv")
     (out / "seg_cv_table.md").write_text(summary_table(rows))
     print(summary_table(rows))
@@ -118,11 +122,12 @@ def main() -> None:
     parser.add_argument("--only-timing", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--rescore", action="store_true", help="score saved fold predictions again (post-processing)")
+    parser.add_argument("--finished-only", action="store_true", help="tabulate finished folds only; train nothing")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.only_timing:
-        cross_validation(Path(args.runs), args.steps, args.folds, out, args.rescore)
+        cross_validation(Path(args.runs), args.steps, args.folds, out, args.rescore, args.finished_only)
     if not args.no_timing:
         timing(out)
 

@@ -141,6 +141,14 @@ def rescore(finished: Sequence[Path], modalities: Sequence[str], data: str, layo
         write_json(fresh, done)
 
 
+def _mean_sd(values: Sequence[float]) -> str:
+    """Mean ± sd over the cases where the metric is defined (e.g. no ET sensitivity without an ET label)."""
+    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if finite.size == 0:
+        return "–"
+    return f"{finite.mean():.3f} ± {finite.std(ddof=1) if finite.size > 1 else 0:.3f}"
+
+
 def summary_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str:
     """Markdown: mean +- sd per variant, then paired tests of every variant against ``reference``."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
@@ -150,10 +158,7 @@ def summary_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> st
     ]
     for v in variants:
         sub = [r for r in rows if r["variant"] == v]
-        cells = [
-            f"{np.mean([r[m] for r in sub]):.3f} ± {np.std([r[m] for r in sub], ddof=1) if len(sub) > 1 else 0:.3f}"
-            for m in METRICS
-        ]
+        cells = [_mean_sd([r[m] for r in sub]) for m in METRICS]
         lines.append(f"| {v} | {len(sub)} | " + " | ".join(cells) + " |")
     if reference in variants:
         lines += [
