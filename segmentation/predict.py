@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from meddiffusion.data.layouts import MODALITIES, CaseFiles, read_case
 from meddiffusion.data.prepare import prepare_subject
+from meddiffusion.data.sampling import neighbour_stack
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import check_output, load_subject, modality_names, save_nifti, strip_suffix, write_json
 from meddiffusion.provenance import provenance
@@ -52,10 +53,9 @@ def segment_prepared(
     outputs = []
     for start in tqdm(range(0, len(planes), planes_per_batch), desc="segment", disable=not progress, leave=False):
         index = torch.tensor(planes[start : start + planes_per_batch])
-        offsets = torch.arange(-neighbours, neighbours + 1)
-        rows = (index[:, None] + offsets).clamp(0, channels.shape[1] - 1)  # [B, 2n+1]
-        stack = channels[:, rows][..., box[1], box[2]]  # [C, B, 2n+1, h, w]
-        stack = stack.permute(1, 0, 2, 3, 4).flatten(1, 2).to(device)
+        # the training patches' channel order: modality-major, neighbours within each (data.sampling)
+        stack = torch.cat([neighbour_stack(c[:, box[1], box[2]], index, neighbours) for c in channels], dim=1)
+        stack = stack.to(device)
         probs = sliding_window_inference(
             stack,
             (patch_size, patch_size),

@@ -155,9 +155,9 @@ def make_loss(config: SegLossConfig) -> tuple:
 
 def region_dice(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """Dice of WT / TC / ET (BraTS 2021 labels); an empty region in both counts as 1."""
-    out = {}
+    out, refs = {}, region_masks(ref)
     for name, p in region_masks(pred).items():
-        r = region_masks(ref)[name]
+        r = refs[name]
         denom = p.sum() + r.sum()
         out[f"dice_{name.lower()}"] = 1.0 if denom == 0 else float(2 * (p & r).sum() / denom)
     return out

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from meddiffusion.data.labels import region_masks
 from meddiffusion.errors import MeddiffError
+from meddiffusion.io import LABEL_KEY
 
 #: the largest fraction of the free brain a requested lesion may take
 MAX_BRAIN_FRACTION = 0.4
 TOLERANCE = 0.05
+TEMPLATES_FILE = "templates.npz"
 _SEVERITY = np.array([0, 2, 1, 0, 3])  # label -> rank: background < oedema (2) < core (1) < enhancing (4)
 
 
@@ -217,3 +220,25 @@ def _centres(allowed, spacing, shares, rng, centre) -> list[np.ndarray]:
         candidates = np.argwhere(ok)
         out.append(candidates[int(rng.integers(len(candidates)))].astype(float))
     return out
+
+
+def save_templates(subjects, path: Path) -> Path:
+    """The training tumours' regions as lesion-shape templates (largest focus of each)."""
+    arrays = {}
+    for subject in subjects:
+        label = subject[LABEL_KEY]
+        template = Template.from_label(label.data[0].numpy(), label.spacing, subject["case_id"]).largest_component()
+        arrays[f"{subject['case_id']}__regions"] = template.regions.astype(np.float16)
+        arrays[f"{subject['case_id']}__spacing"] = np.asarray(template.spacing)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_templates(path: Path) -> list[Template]:
+    if not path.is_file():
+        raise MeddiffError("lesion templates not found", path)
+    with np.load(path) as data:
+        ids = sorted({k.rsplit("__", 1)[0] for k in data.files})
+        return [
+            Template(data[f"{i}__regions"].astype(np.float32), tuple(data[f"{i}__spacing"].tolist()), i) for i in ids
+        ]

@@ -28,8 +28,7 @@ from meddiffusion.diffusion import make_scheduler, sample
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY
 from meddiffusion.synth.data import PLANE_AXIS, build_cond, paint_region, regions_stack
-from meddiffusion.synth.masks import lesion_mask
-from meddiffusion.synth.train import TEMPLATES_FILE, load_templates
+from meddiffusion.synth.masks import TEMPLATES_FILE, lesion_mask, load_templates
 from meddiffusion.transforms import brain_mask, denormalise, normalise
 from meddiffusion.weights import load_weights, pretrained, read_config, weights_hash
 

@@ -10,7 +10,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from meddiffusion.config import load_yaml, resolve_data_path, with_defaults
@@ -20,14 +19,12 @@ from meddiffusion.diffusion import ConditionalUNet, NetworkConfig, make_schedule
 from meddiffusion.diffusion.loss import diffusion_loss
 from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import LABEL_KEY, write_json
+from meddiffusion.io import write_json
 from meddiffusion.provenance import file_sha256, provenance
 from meddiffusion.synth.data import MARGIN, InpaintPairs, cond_channels
-from meddiffusion.synth.masks import Template
+from meddiffusion.synth.masks import TEMPLATES_FILE, save_templates
 from meddiffusion.training import TrainConfig, train
 from meddiffusion.weights import save_weights, weights_hash
-
-TEMPLATES_FILE = "templates.npz"
 
 
 @dataclass
@@ -69,28 +66,6 @@ def load_synth_config(path: str | Path | None, overrides: dict | None = None) ->
     if raw.get("data", {}).get("data"):
         raw["data"]["data"] = str(resolve_data_path(raw["data"]["data"], Path(path).resolve().parent))
     return with_defaults(SynthTrainConfig, raw, overrides, path)
-
-
-def save_templates(subjects, path: Path) -> Path:
-    """The training tumours' regions as lesion-shape templates (largest focus of each)."""
-    arrays = {}
-    for subject in subjects:
-        label = subject[LABEL_KEY]
-        template = Template.from_label(label.data[0].numpy(), label.spacing, subject["case_id"]).largest_component()
-        arrays[f"{subject['case_id']}__regions"] = template.regions.astype(np.float16)
-        arrays[f"{subject['case_id']}__spacing"] = np.asarray(template.spacing)
-    np.savez_compressed(path, **arrays)
-    return path
-
-
-def load_templates(path: Path) -> list[Template]:
-    if not path.is_file():
-        raise MeddiffError("lesion templates not found", path)
-    with np.load(path) as data:
-        ids = sorted({k.rsplit("__", 1)[0] for k in data.files})
-        return [
-            Template(data[f"{i}__regions"].astype(np.float32), tuple(data[f"{i}__spacing"].tolist()), i) for i in ids
-        ]
 
 
 def run_training(config: SynthTrainConfig, out: Path, resume: bool = False, stop_at: int | None = None) -> Path:
