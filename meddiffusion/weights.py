@@ -8,6 +8,7 @@ provenance so a result can be traced to the exact file that made it.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from meddiffusion.diffusion.network import ConditionalUNet, NetworkConfig
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import atomic_write
-from meddiffusion.provenance import file_sha256
+from meddiffusion.io import atomic_write, write_json
+from meddiffusion.provenance import file_sha256, provenance
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -71,6 +72,17 @@ def load_weights(
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise MeddiffError(f"weights do not match their config ({exc})", folder) from exc
     return model.to(device).eval(), config
+
+
+def record_run(folder: str | Path, n_parameters: int, run_dir: str | Path | None = None, files=()) -> None:
+    """Complete a weights folder: copies of the run's ``files`` (logs, config; those that exist) and
+    ``provenance.json`` with the weights hash and size, so the folder says how it was made on its own."""
+    folder = Path(folder)
+    for name in files:
+        source = Path(run_dir) / name
+        if source.exists():
+            shutil.copyfile(source, folder / name)
+    write_json(provenance(weights_sha256=weights_hash(folder), n_parameters=n_parameters), folder / "provenance.json")
 
 
 def weights_hash(folder: str | Path) -> str:

@@ -23,14 +23,13 @@ from meddiffusion.data.layouts import CaseFiles, read_dataset
 from meddiffusion.data.prepare import load_case
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, write_json
-from meddiffusion.provenance import provenance
 from meddiffusion.segmentation.data import CLASS_LABELS, SegPatches, classes_to_labels
 from meddiffusion.segmentation.losses import HybridLoss
 from meddiffusion.segmentation.models import SegNetworkConfig, build_network, head_parameters, n_parameters
 from meddiffusion.segmentation.predict import segment_prepared
 from meddiffusion.segmentation.reweighting import GradNorm
 from meddiffusion.training import TrainConfig, train
-from meddiffusion.weights import save_weights, weights_hash
+from meddiffusion.weights import record_run, save_weights
 
 REWEIGHTING = ("gradnorm", "none")
 
@@ -184,7 +183,9 @@ def validation(subjects: list[tio.Subject], config: SegTrainConfig, run_dir: Pat
     return validate
 
 
-def _save(folder: Path, model: torch.nn.Module, config: SegTrainConfig, extra: dict | None = None) -> Path:
+def _save(
+    folder: Path, model: torch.nn.Module, config: SegTrainConfig, extra: dict | None = None, run_dir: Path | None = None
+) -> Path:
     folder = save_weights(
         folder,
         model,
@@ -201,9 +202,7 @@ def _save(folder: Path, model: torch.nn.Module, config: SegTrainConfig, extra: d
         },
         network=config.network.to_dict(),
     )
-    write_json(
-        provenance(weights_sha256=weights_hash(folder), n_parameters=n_parameters(model)), folder / "provenance.json"
-    )
+    record_run(folder, n_parameters(model), run_dir, ("training_log.csv", "validation_log.csv") if run_dir else ())
     return folder
 
 
@@ -248,8 +247,4 @@ def run_training(config: SegTrainConfig, out: Path, resume: bool = False, stop_a
         stop_at=stop_at,
         extra_state=[gradnorm] if gradnorm is not None else [],
     )
-    folder = _save(out / "weights", model, config, extra={"data": data_list})
-    for log in ("training_log.csv", "validation_log.csv"):
-        if (out / log).exists():
-            (folder / log).write_text((out / log).read_text())
-    return folder
+    return _save(out / "weights", model, config, extra={"data": data_list}, run_dir=out)

@@ -21,11 +21,10 @@ from meddiffusion.diffusion.loss import diffusion_loss
 from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import write_json
-from meddiffusion.provenance import provenance
 from meddiffusion.sr.data import SRPairs, Task
 from meddiffusion.sr.degradation import AXES
 from meddiffusion.training import TrainConfig, train
-from meddiffusion.weights import save_weights, weights_hash
+from meddiffusion.weights import record_run, save_weights
 
 METHODS = ("diffusion", "unet")
 
@@ -170,10 +169,5 @@ def run_training(
             },
         },
     )
-    for log in ("training_log.csv", "validation_log.csv", "config.yaml"):
-        if (out / log).exists():
-            (folder / log).write_text((out / log).read_text())
-    write_json(
-        provenance(weights_sha256=weights_hash(folder), n_parameters=model.n_parameters), folder / "provenance.json"
-    )
+    record_run(folder, model.n_parameters, out, ("training_log.csv", "validation_log.csv", "config.yaml"))
     return folder

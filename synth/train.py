@@ -20,11 +20,11 @@ from meddiffusion.diffusion.loss import diffusion_loss
 from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import write_json
-from meddiffusion.provenance import file_sha256, provenance
+from meddiffusion.provenance import file_sha256
 from meddiffusion.synth.data import MARGIN, InpaintPairs, cond_channels
 from meddiffusion.synth.masks import TEMPLATES_FILE, save_templates
 from meddiffusion.training import TrainConfig, train
-from meddiffusion.weights import save_weights, weights_hash
+from meddiffusion.weights import record_run, save_weights
 
 
 @dataclass
@@ -108,9 +108,5 @@ def run_training(config: SynthTrainConfig, out: Path, resume: bool = False, stop
         },
     )
     save_templates(subjects, folder / TEMPLATES_FILE)
-    if (out / "training_log.csv").exists():
-        (folder / "training_log.csv").write_text((out / "training_log.csv").read_text())
-    write_json(
-        provenance(weights_sha256=weights_hash(folder), n_parameters=model.n_parameters), folder / "provenance.json"
-    )
+    record_run(folder, model.n_parameters, out, ("training_log.csv",))
     return folder
