@@ -116,28 +116,32 @@ def evaluate_cases(predict, cases: dict[str, CaseFiles], test_ids, pred_dir: Pat
     rows = []
     for case_id in test_ids:
         subject, label = reference_label(cases[case_id], modalities)
-        pred = predict(subject)
-        affine = subject[modalities[0]].affine
-        save_nifti(pred.astype(np.uint8), affine, pred_dir / f"{case_id}.nii.gz", force=True, label=True)
-        metrics = evaluate_segmentation(pred, label, tuple(subject[modalities[0]].spacing), "brats2021")
-        rows.append({"case_id": case_id, **{k: metrics[k] for k in (*METRICS, *LESION_METRICS)}})
+        rows.append({"case_id": case_id, **_save_and_score(predict(subject), subject, label, pred_dir, modalities)})
     return rows
 
 
+def _save_and_score(pred, subject, label, pred_dir: Path, modalities) -> dict[str, float]:
+    """Write the prediction beside the run and return its metrics (the table's columns)."""
+    reference = subject[modalities[0]]
+    path = pred_dir / f"{subject['case_id']}.nii.gz"
+    save_nifti(pred.astype(np.uint8), reference.affine, path, force=True, label=True)
+    metrics = evaluate_segmentation(pred, label, tuple(reference.spacing), "brats2021")
+    return {k: metrics[k] for k in (*METRICS, *LESION_METRICS)}
+
+
 def rescore(finished: Sequence[Path], modalities: Sequence[str], data: str, layout: str | None = None) -> None:
-    """Score the saved predictions beside each ``metrics.json`` again with the current ``postprocess``
-    (idempotent: predictions made before it existed are scored as a fresh run would score them now)."""
+    """Score the saved predictions beside each ``metrics.json`` again with the current ``postprocess`` and
+    save them post-processed (idempotent: predictions made before it existed end as a fresh run would make them)."""
     cases = {c.case_id: c for c in read_dataset(data, layout) if c.label is not None}
     for done in finished:
         rows = json.loads(done.read_text())
         fresh = []
         for row in rows:
             subject, label = reference_label(cases[row["case_id"]], modalities)
-            pred = postprocess(
-                load_image(done.parent / "pred" / f"{row['case_id']}.nii.gz", label=True).data[0].numpy()
+            saved = load_image(done.parent / "pred" / f"{row['case_id']}.nii.gz", label=True).data[0].numpy()
+            fresh.append(
+                {**row, **_save_and_score(postprocess(saved), subject, label, done.parent / "pred", modalities)}
             )
-            metrics = evaluate_segmentation(pred, label, tuple(subject[modalities[0]].spacing), "brats2021")
-            fresh.append({**row, **{k: metrics[k] for k in (*METRICS, *LESION_METRICS)}})
         write_json(fresh, done)
 
 
