@@ -85,7 +85,7 @@ def _predict(queue) -> None:
     subject = load_subject(
         {"flair": PAT0006 / "Flair_subtrMeanDivStd.nii.gz", "t1ce": PAT0006 / "T1c_subtrMeanDivStd.nii.gz"}
     )
-    segmenter = Segmenter()
+    segmenter = Segmenter.from_pretrained()
     started = time.perf_counter()
     segmenter.predict(subject)
     seconds = time.perf_counter() - started

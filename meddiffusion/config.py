@@ -110,3 +110,21 @@ def resolve_data_path(entry: str, base: Path | None = None) -> Path:
         return Path(next(iter(spec.submodule_search_locations))) / rel
     path = Path(entry)
     return path if path.is_absolute() or base is None else (base / path)
+
+
+def config_record(config: Any, folder: str | Path) -> dict[str, Any]:
+    """``config`` (a dataclass) as a dict to write into ``folder``, every absolute path made relative to that
+    folder: the record stays valid when the run folder and the data move together, and names no training
+    machine's directories. ``load`` of such a file resolves paths against the file's folder again."""
+    folder = Path(folder).resolve()
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v) for v in value]
+        if isinstance(value, str) and os.path.isabs(value):
+            return os.path.relpath(value, folder)
+        return value
+
+    return walk(dataclasses.asdict(config))

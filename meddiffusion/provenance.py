@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
+import os
 import platform
+import shlex
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from meddiffusion import __version__
 
@@ -24,32 +26,67 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def code_version() -> str:
-    """The git commit of the source tree when run from a checkout, else the package version."""
+#: the packages whose versions decide a result, recorded in every provenance record
+PACKAGES = ("torch", "diffusers", "monai", "torchio", "accelerate", "numpy", "scipy", "scikit-image", "nibabel")
+
+
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, timeout=10, check=False
         )
-        if out.returncode == 0:
-            return f"{__version__}+g{out.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):
-        pass
-    return __version__
+        return None
+    return out.stdout.decode("utf-8", "replace") if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def code_state() -> dict[str, Any]:
+    """The code a process runs: the commit, whether the tree differed from it (and a hash of that difference,
+    tracked and untracked files), or the package version outside a checkout. Read once per process and cached,
+    so a long training run records the code it started with, not the tree as it is when it ends (trainers call
+    this at their start)."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {"version": __version__, "commit": None, "dirty": None}
+    status = _git("status", "--porcelain", "--untracked-files=normal") or ""
+    state: dict[str, Any] = {"version": __version__, "commit": commit.strip(), "dirty": bool(status.strip())}
+    if state["dirty"]:
+        diff = (_git("diff", "HEAD", "--binary") or "") + status
+        state["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+    return state
+
+
+def code_version() -> str:
+    """A short form of ``code_state`` for reports: version+commit, with ``.dirty`` when the tree differed."""
+    state = code_state()
+    if not state["commit"]:
+        return __version__
+    return f"{__version__}+g{state['commit'][:7]}" + (".dirty" if state["dirty"] else "")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def provenance(**fields: Any) -> dict[str, Any]:
-    """A provenance record: the caller's fields plus where and with what it was made."""
+    """A provenance record: the caller's fields plus where and with what it was made (the exact command line,
+    the code state, the package versions)."""
     return {
         "tool": "meddiffusion",
         "version": code_version(),
+        "code": code_state(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
+        "cwd": os.getcwd(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "packages": package_versions(),
         "machine": f"{platform.machine()} {platform.system()}",
         **fields,
     }

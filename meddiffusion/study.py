@@ -28,7 +28,7 @@ from meddiffusion.data.splits import train_test_split
 from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.report import box_plot, example_plot, write_csv
 from meddiffusion.eval.stats import paired_comparison
-from meddiffusion.io import save_nifti, write_json
+from meddiffusion.io import modality_names, save_nifti, write_json
 from meddiffusion.provenance import code_version, file_sha256
 from meddiffusion.segmentation.ablation import evaluate_cases, reference_label, with_overrides
 from meddiffusion.segmentation.predict import Segmenter
@@ -122,7 +122,7 @@ def run_study(
         if not path.exists():
             path.parent.mkdir(exist_ok=True)
             subject, label = reference_label(cases[case_id], base.data.modalities)
-            save_nifti(label.astype(np.uint8), subject[base.data.modalities[0]].affine, path, label=True)
+            save_nifti(label.astype(np.uint8), subject[modality_names(subject)[0]].affine, path, label=True)
     rows = []
     for seed in range(preset.seeds):
         for arm in ARMS:
@@ -149,7 +149,7 @@ def _arm(base, arm, seed, synthetic, preset, cases, test_ids, run: Path) -> list
     config = with_overrides(base, changes)
     if not (run / "weights" / WEIGHTS_FILE).exists():
         train_segmenter(config, run, resume=(run / "checkpoint").exists())
-    segmenter = Segmenter(run / "weights")
+    segmenter = Segmenter.from_pretrained(run / "weights")
     scored = evaluate_cases(segmenter.predict, cases, test_ids, run / "pred", config.data.modalities)
     rows = [{"arm": arm, "seed": seed, **r} for r in scored]
     write_json(rows, done)

@@ -24,10 +24,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from meddiffusion.errors import MeddiffError
+from meddiffusion.provenance import code_state
 
 CHECKPOINT = "checkpoint"
 LOG = "training_log.csv"
 VAL_LOG = "validation_log.csv"
+#: config name -> (diffusers scheduler name, its power)
+LR_SCHEDULES = {"cosine": ("cosine", 1.0), "poly": ("polynomial", 0.9)}
 
 
 @dataclass
@@ -35,6 +38,8 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 16
     learning_rate: float = 2e-4
+    #: "cosine", or "poly" (nnU-Net's (1 - step / steps) ** 0.9 decay)
+    lr_schedule: str = "cosine"
     warmup_steps: int = 100
     gradient_accumulation: int = 1
     mixed_precision: str = "no"
@@ -46,6 +51,8 @@ class TrainConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {tuple(LR_SCHEDULES)}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError("mixed_precision must be 'no', 'fp16' or 'bf16'")
         if self.steps < 1 or self.batch_size < 1 or self.gradient_accumulation < 1:
@@ -92,6 +99,7 @@ def train(
     ``extra_state``: objects with ``state_dict``/``load_state_dict`` the loss keeps (e.g. learned loss
     weights), saved in and restored from the checkpoint with the rest.
     """
+    code_state()  # the code this run starts with is what its weights' provenance records
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT
     if checkpoint.exists() and not resume:
@@ -106,8 +114,9 @@ def train(
     )
     set_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    name, power = LR_SCHEDULES[config.lr_schedule]
     lr_schedule = get_scheduler(
-        "cosine", optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+        name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps, power=power
     )
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)

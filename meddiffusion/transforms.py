@@ -93,15 +93,20 @@ def augmentation(
     noise_std: float = 0.01,
     rotation_deg: float = 15.0,
     rotation_p: float = 0.5,
+    rotation_axis: int | None = None,
 ) -> tio.Compose:
     """The proposal's augmentation: contrast gamma 0.8-1.2, Gaussian noise sigma <= 0.01, rotation +-15 deg (p=0.5).
 
     Applied to subjects whose intensities are already normalised to about [0, 1] (noise is in those units).
-    TorchIO's ``RandomGamma`` takes log-gamma, hence the logarithms.
+    TorchIO's ``RandomGamma`` takes log-gamma, hence the logarithms. ``rotation_axis``: rotate about that axis
+    only (in-plane rotation of patches one plane thick); about all three when None.
     """
+    degrees: float | tuple[float, ...] = rotation_deg
+    if rotation_axis is not None:
+        degrees = tuple(v if axis == rotation_axis else 0.0 for axis in range(3) for v in (-rotation_deg, rotation_deg))
     return tio.Compose(
         [
-            tio.RandomAffine(scales=0, degrees=rotation_deg, p=rotation_p, image_interpolation="linear"),
+            tio.RandomAffine(scales=0, degrees=degrees, p=rotation_p, image_interpolation="linear"),
             tio.RandomGamma(log_gamma=(float(np.log(gamma[0])), float(np.log(gamma[1])))),
             tio.RandomNoise(std=(0.0, noise_std)),
         ]

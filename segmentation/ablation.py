@@ -26,7 +26,7 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.report import write_csv
 from meddiffusion.eval.segmentation import evaluate_segmentation
 from meddiffusion.eval.stats import paired_comparison
-from meddiffusion.io import LABEL_KEY, load_image, load_subject, save_nifti, write_json
+from meddiffusion.io import LABEL_KEY, load_image, load_subject, modality_names, save_nifti, write_json
 from meddiffusion.provenance import provenance
 from meddiffusion.segmentation.baselines import fit_threshold, predict_threshold
 from meddiffusion.segmentation.predict import Segmenter, postprocess
@@ -50,8 +50,9 @@ def with_overrides(config: SegTrainConfig, overrides: dict[str, Any]) -> SegTrai
 
 
 def reference_label(case: CaseFiles, modalities: Sequence[str]):
-    """The case's subject and its expert label in the BraTS 2021 convention."""
-    subject = load_subject({m: case.images[m] for m in modalities}, case.label, case_id=case.case_id)
+    """The case's subject (those of ``modalities`` it has) and its expert label in the BraTS 2021 convention."""
+    present = {m: case.images[m] for m in modalities if m in case.images}
+    subject = load_subject(present, case.label, case_id=case.case_id)
     label = to_brats2021(subject[LABEL_KEY].data[0].numpy().round().astype(np.int64), case.convention)
     return subject, label
 
@@ -98,7 +99,7 @@ def _fold(config, variant, fold, train_ids, test_ids, cases, run: Path) -> list[
         fold_config.data.val_cases = []
         if not (run / "weights" / WEIGHTS_FILE).exists():
             run_training(fold_config, run, resume=(run / "checkpoint").exists())
-        segmenter = Segmenter(run / "weights")
+        segmenter = Segmenter.from_pretrained(run / "weights")
         predict = segmenter.predict
         info = {"weights_sha256": segmenter.hash}
     rows = [
@@ -122,7 +123,7 @@ def evaluate_cases(predict, cases: dict[str, CaseFiles], test_ids, pred_dir: Pat
 
 def _save_and_score(pred, subject, label, pred_dir: Path, modalities) -> dict[str, float]:
     """Write the prediction beside the run and return its metrics (the table's columns)."""
-    reference = subject[modalities[0]]
+    reference = subject[modality_names(subject)[0]]
     path = pred_dir / f"{subject['case_id']}.nii.gz"
     save_nifti(pred.astype(np.uint8), reference.affine, path, force=True, label=True)
     metrics = evaluate_segmentation(pred, label, tuple(reference.spacing), "brats2021")

@@ -19,27 +19,19 @@ from torch.utils.data import Dataset
 from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, modality_names
+from meddiffusion.segmentation.coding import labels_to_classes
 from meddiffusion.transforms import augmentation
 
-#: network classes <-> BraTS 2021 labels (class 3 is label 4, enhancing tumour)
-CLASS_LABELS = (0, 1, 2, 4)
 PLANE_AXIS = 2  # axial planes of RAS/LPS volumes
-
-
-def labels_to_classes(label: np.ndarray | torch.Tensor) -> torch.Tensor:
-    label = torch.as_tensor(np.asarray(label))
-    return torch.where(label == 4, 3, label).long()
-
-
-def classes_to_labels(classes: torch.Tensor | np.ndarray) -> np.ndarray:
-    return np.asarray(CLASS_LABELS, dtype=np.uint8)[np.asarray(classes)]
 
 
 class SegPatches(Dataset):
     """2.5D patches ``image`` [modalities x (2n+1), P, P] and ``label`` [1, P, P] (network classes 0-3).
 
     ``synthetic`` subjects are drawn for a ``synthetic_ratio`` fraction of items. Patches are cut with a
-    margin, rotated, then cropped to ``patch_size`` so that rotation leaves no empty corners.
+    margin, rotated, then cropped to ``patch_size`` so that rotation leaves no empty corners. Modality dropout:
+    each ``optional`` modality is zeroed with probability ``modality_dropout`` per item, as a case that lacks it
+    is read (``data.prepare.load_case`` fills it with zeros), so one model serves both.
     """
 
     def __init__(
@@ -53,6 +45,8 @@ class SegPatches(Dataset):
         synthetic_ratio: float = 0.0,
         seed: int = 0,
         length: int = 10**9,
+        optional: Sequence[str] = (),
+        modality_dropout: float = 0.0,
     ) -> None:
         if not subjects:
             raise MeddiffError("no training cases")
@@ -63,10 +57,12 @@ class SegPatches(Dataset):
         self.patch_size, self.neighbours, self.seed, self.length = patch_size, neighbours, seed, length
         self.margin = math.ceil(0.2 * patch_size) if augment else 0
         self.synthetic_ratio = synthetic_ratio
-        self.transform = augmentation() if augment else None
-        if self.transform is not None:  # rotate in the plane only: the patch is one plane thick
-            self.transform.transforms[0] = tio.RandomAffine(scales=0, degrees=(0, 0, 0, 0, -15, 15), p=0.5)
+        # rotate in the plane only: the patch is one plane thick
+        self.transform = augmentation(rotation_axis=PLANE_AXIS) if augment else None
         self.foreground_p = foreground_p
+        names = modality_names(subjects[0])
+        self.optional = [names.index(m) for m in optional]
+        self.modality_dropout = modality_dropout if self.optional else 0.0
         self.real = [self._index(s) for s in subjects]
         self.synthetic = [self._index(s) for s in synthetic]
 
@@ -95,6 +91,11 @@ class SegPatches(Dataset):
         target = pad_to(label[plane][window], size, mode="constant")
         if self.transform is not None:
             image, target = self._augment(image, target, int(rng.integers(2**31)))
+        if self.modality_dropout:  # whole modalities (all their planes) zeroed, as a case without them reads
+            group = 2 * self.neighbours + 1
+            for k in self.optional:
+                if rng.random() < self.modality_dropout:
+                    image[k * group : (k + 1) * group] = 0.0
         m = self.margin
         crop = (slice(m, m + self.patch_size), slice(m, m + self.patch_size))
         return {"image": image[(slice(None), *crop)].contiguous(), "label": target[None][(slice(None), *crop)]}

@@ -1,6 +1,6 @@
-"""The hybrid loss L = alpha * Dice + beta * Boundary + gamma * Topology.
+"""The hybrid loss L = alpha * Dice + ce * cross-entropy + beta * Boundary + gamma * Topology.
 
-- Dice: MONAI's ``DiceLoss`` (softmax over classes, one-hot labels).
+- Dice: MONAI's ``DiceLoss`` (batch Dice; sigmoid over the WT / TC / ET regions, or softmax over classes).
 - Boundary, as the proposal defines it: the mean over voxels of ||grad y - grad y_hat||_2 between the one-hot
   label and the soft prediction (finite differences); or, as the alternative, Kervadec et al.'s
   distance-transform boundary loss, mean(y_hat * signed distance to the label's boundary).
@@ -24,6 +24,8 @@ from monai.losses import DiceLoss
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from torch import nn
+
+from meddiffusion.segmentation.coding import activate, check_output, classes_to_regions, foreground
 
 
 def spatial_gradient(x: torch.Tensor) -> torch.Tensor:
@@ -125,10 +127,14 @@ def topology_loss(prob: torch.Tensor, label: torch.Tensor, weights: Sequence[flo
 
 
 class HybridLoss(nn.Module):
-    """``alpha * Dice + beta * Boundary + gamma * Topology`` on logits ``[B, C, *S]`` and labels ``[B, 1, *S]``.
+    """``alpha * Dice + ce * cross-entropy + beta * Boundary + gamma * Topology`` on logits ``[B, K, *S]`` and
+    class-index labels ``[B, 1, *S]``.
 
-    ``forward`` returns the weighted total; ``terms`` the unweighted terms (for logging and reweighting).
-    The topology term uses the foreground (1 - background probability), optionally on a
+    ``output`` is the network's coding (``segmentation.coding``): ``regions`` (sigmoid WT / TC / ET, binary
+    cross-entropy) or ``classes`` (softmax, cross-entropy). Dice is the batch Dice (nnU-Net's: summed over the
+    batch, so patches without tumour do not make it undefined). Cross-entropy is nnU-Net's partner of Dice;
+    the proposal's loss is the case ``ce = 0``. ``forward`` returns the weighted total; ``terms`` the unweighted
+    terms (for logging and reweighting). The topology term uses the whole-tumour probability, optionally on a
     ``topology_downsample``-times average-pooled map to bound its cost.
     """
 
@@ -140,25 +146,37 @@ class HybridLoss(nn.Module):
         boundary: str = "gradient",
         topology_weights: Sequence[float] = (1.0, 1.0, 1.0),
         topology_downsample: int = 1,
+        ce: float = 0.0,
+        output: str = "classes",
     ) -> None:
         super().__init__()
         if boundary not in ("gradient", "distance"):
             raise ValueError("boundary must be 'gradient' or 'distance'")
-        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.weights = {"dice": alpha, "ce": ce, "boundary": beta, "topology": gamma}
         self.boundary = boundary
         self.topology_weights = tuple(topology_weights)
         self.topology_downsample = topology_downsample
-        self.dice = DiceLoss(softmax=True, to_onehot_y=True)
+        self.output = check_output(output)
+        regions = output == "regions"
+        self.dice = DiceLoss(sigmoid=regions, softmax=not regions, to_onehot_y=not regions, batch=True)
 
     def terms(self, logits: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
-        prob = logits.softmax(dim=1)
-        onehot = F.one_hot(label[:, 0].long(), logits.shape[1]).movedim(-1, 1).to(prob)
-        out = {"dice": self.dice(logits, label)}
-        if self.beta:
+        prob = activate(logits, self.output)
+        if self.output == "regions":
+            target = classes_to_regions(label)
+        else:
+            target = F.one_hot(label[:, 0].long(), logits.shape[1]).movedim(-1, 1).to(prob)
+        out = {"dice": self.dice(logits, target if self.output == "regions" else label)}
+        if self.weights["ce"]:
+            if self.output == "regions":
+                out["ce"] = F.binary_cross_entropy_with_logits(logits, target)
+            else:
+                out["ce"] = F.cross_entropy(logits, label[:, 0].long())
+        if self.weights["boundary"]:
             fn = boundary_gradient_loss if self.boundary == "gradient" else distance_boundary_loss
-            out["boundary"] = fn(prob, onehot)
-        if self.gamma:
-            fg, lab = 1.0 - prob[:, :1], (label > 0).to(prob)
+            out["boundary"] = fn(prob, target)
+        if self.weights["topology"]:
+            fg, lab = foreground(prob, self.output)[:, None], (label > 0).to(prob)
             if self.topology_downsample > 1:
                 pool = F.avg_pool2d if logits.ndim == 4 else F.avg_pool3d
                 fg, lab = pool(fg, self.topology_downsample), (pool(lab, self.topology_downsample) > 0.5).to(prob)
@@ -166,6 +184,4 @@ class HybridLoss(nn.Module):
         return out
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        terms = self.terms(logits, label)
-        weights = {"dice": self.alpha, "boundary": self.beta, "topology": self.gamma}
-        return sum(weights[k] * v for k, v in terms.items())
+        return sum(self.weights[k] * v for k, v in self.terms(logits, label).items())

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from monai.networks.nets import UNet
 from torch import nn
 
+from meddiffusion.segmentation.coding import check_output, n_outputs
 from meddiffusion.segmentation.network import ATTENTIONS, DualPathSegNet
 
 MODELS = ("dualpath", "unet", "swinunetr")
@@ -24,8 +25,10 @@ class SegNetworkConfig:
     use_cnn: bool = True
     use_transformer: bool = True
     swin_feature_size: int = 12
+    output: str = "regions"
 
     def __post_init__(self) -> None:
+        check_output(self.output)
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}")
         if self.attention not in ATTENTIONS:
@@ -42,7 +45,10 @@ class SegNetworkConfig:
             raise ValueError(f"data.patch_size must be a multiple of {multiple} and >= {smallest} for {self.model}")
 
 
-def build_network(config: SegNetworkConfig, in_channels: int, out_channels: int) -> nn.Module:
+def build_network(config: SegNetworkConfig, in_channels: int) -> nn.Module:
+    """The network ``config`` names, for ``in_channels`` inputs and its output coding's channels. Training and
+    prediction both build here (prediction from the config the weights carry)."""
+    out_channels = n_outputs(config.output)
     if config.model == "dualpath":
         return DualPathSegNet(
             2,
@@ -61,6 +67,13 @@ def build_network(config: SegNetworkConfig, in_channels: int, out_channels: int)
     from monai.networks.nets import SwinUNETR
 
     return SwinUNETR(in_channels, out_channels, feature_size=config.swin_feature_size, spatial_dims=2)
+
+
+def build_from_weights_config(config: dict) -> nn.Module:
+    """The network a weights folder's ``config.json`` describes; the trainer builds its model from the same dict
+    it saves (``segmentation.train.weights_config``), so training and prediction cannot disagree."""
+    in_channels = len(config["modalities"]) * (2 * config["neighbours"] + 1)
+    return build_network(SegNetworkConfig(**config["network"]), in_channels)
 
 
 def n_parameters(model: nn.Module) -> int:

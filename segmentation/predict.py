@@ -7,7 +7,8 @@ blending), and the class probabilities are resampled back to the input grid befo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,22 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from meddiffusion.data.layouts import MODALITIES, CaseFiles, read_case
-from meddiffusion.data.prepare import prepare_subject
+from meddiffusion.data.prepare import prepare_subject, with_modalities
 from meddiffusion.data.sampling import neighbour_stack
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import check_output, load_subject, modality_names, save_nifti, strip_suffix, write_json
+from meddiffusion.io import (
+    LABEL_KEY,
+    check_output,
+    load_subject,
+    modality_names,
+    save_nifti,
+    strip_suffix,
+    write_json,
+)
 from meddiffusion.provenance import provenance
-from meddiffusion.segmentation.data import PLANE_AXIS, classes_to_labels
-from meddiffusion.segmentation.models import SegNetworkConfig, build_network
+from meddiffusion.segmentation.coding import activate, decode
+from meddiffusion.segmentation.data import PLANE_AXIS
+from meddiffusion.segmentation.models import build_from_weights_config
 from meddiffusion.weights import load_weights, pretrained, read_config, weights_hash
 
 SHIPPED = "seg-dualpath"
@@ -36,11 +46,12 @@ def segment_prepared(
     subject: tio.Subject,
     patch_size: int,
     neighbours: int,
+    output: str,
     planes_per_batch: int = 16,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Class probabilities ``[K, X, Y, Z]`` of a prepared subject (its grid). Only the brain's bounding box
-    is computed; outside it the background has probability 1."""
+    """Probabilities ``[K, X, Y, Z]`` of a prepared subject (its grid), in the network's ``output`` coding
+    (``segmentation.coding``). Only the brain's bounding box is computed; outside it nothing is tumour."""
     channels = torch.stack([subject[m].data[0].float() for m in modality_names(subject)]).movedim(PLANE_AXIS + 1, 1)
     brain = (channels[0] != 0).numpy()
     device = next(model.parameters()).device
@@ -60,14 +71,15 @@ def segment_prepared(
             stack,
             (patch_size, patch_size),
             planes_per_batch,
-            lambda x: model(x).float().softmax(1),
+            lambda x: activate(model(x).float(), output),
             overlap=0.5,
             mode="gaussian",
         ).cpu()
         n_classes = probs.shape[1]
         outputs.append(probs)
     out = torch.zeros((n_classes, *channels.shape[1:]))
-    out[0] = 1.0
+    if output == "classes":
+        out[0] = 1.0
     out[(slice(None), box[0], box[1], box[2])] = torch.cat(outputs).movedim(1, 0)
     return out.movedim(1, PLANE_AXIS + 1)
 
@@ -86,35 +98,67 @@ def postprocess(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
 
 
 class Segmenter:
-    """A trained segmentation model with what it needs to be applied: modalities, spacing, patch size."""
+    """A trained segmentation model with what it needs to be applied: modalities (which of them it can do
+    without), spacing, patch size, output coding. Weights load once, in ``from_pretrained``."""
 
-    def __init__(self, folder: str | Path | None = None, device: str = "cpu") -> None:
-        self.folder = Path(folder) if folder else pretrained(SHIPPED)
-        if read_config(self.folder).get("task") != "segmentation":
-            raise MeddiffError("these are not segmentation weights", self.folder)
-        self.model, self.config = load_weights(self.folder, device, build=_build)
-        self.modalities: list[str] = self.config["modalities"]
-        self.hash = weights_hash(self.folder)
+    def __init__(self, model: torch.nn.Module, config: dict, folder: Path) -> None:
+        self.model, self.config, self.folder = model, config, folder
+        self.modalities: list[str] = config["modalities"]
+        self.optional: list[str] = config.get("optional_modalities", [])
+        self.output: str = config["network"]["output"]
+        self.hash = weights_hash(folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path | None = None, device: str = "cpu") -> Segmenter:
+        """Load a weights folder (default: the shipped ``seg-dualpath``)."""
+        folder = Path(folder) if folder else pretrained(SHIPPED)
+        if read_config(folder).get("task") != "segmentation":
+            raise MeddiffError("these are not segmentation weights", folder)
+        model, config = load_weights(folder, device, build=build_from_weights_config)
+        return cls(model, config, folder)
+
+    @property
+    def required(self) -> list[str]:
+        return [m for m in self.modalities if m not in self.optional]
+
+    def check_modalities(self, available: Sequence[str], case_id: str = "case") -> list[str]:
+        """The modalities of ``available`` this model uses; a required one missing is an error naming it."""
+        if missing := [m for m in self.required if m not in available]:
+            raise MeddiffError(
+                f"the weights need modality {', '.join(missing)}, which case {case_id} lacks "
+                f"(it has {', '.join(sorted(available)) or 'none'})"
+            )
+        return [m for m in self.modalities if m in available]
+
+    def __call__(self, subject: tio.Subject, progress: bool = False, clean: bool = True) -> tio.Subject:
+        """Segment a subject (its images named by modality) -> a subject holding ``label`` (BraTS 2021 labels
+        on the grid of the first image used, its affine) beside the images it was given."""
+        used = self.check_modalities(modality_names(subject), subject.get("case_id", "case"))
+        images = tio.Subject(**{m: subject[m] for m in used})
+        prepared = with_modalities(prepare_subject(images, None, self.config.get("spacing")), self.modalities)
+        probs = segment_prepared(
+            self.model,
+            prepared,
+            self.config["patch_size"],
+            self.config["neighbours"],
+            self.output,
+            progress=progress,
+        )
+        reference = subject[used[0]]
+        if self.config.get("spacing"):  # back to the input grid, probabilities first, then the decision
+            image = tio.ScalarImage(tensor=probs, affine=prepared[used[0]].affine)
+            probs = tio.Resample(reference)(image).data
+        labels = decode(probs.numpy(), self.output)
+        labels = postprocess(labels) if clean else labels
+        out = tio.Subject(**{k: v for k, v in subject.items() if isinstance(v, tio.Image)})
+        out[LABEL_KEY] = tio.LabelMap(tensor=torch.from_numpy(labels[None]), affine=reference.affine)
+        out["case_id"] = subject.get("case_id", "case")
+        out["modalities_used"] = used
+        return out
 
     def predict(self, subject: tio.Subject, progress: bool = False, clean: bool = True) -> np.ndarray:
-        """Integer BraTS 2021 labels on the subject's grid (``clean``: with ``postprocess``)."""
-        images = tio.Subject(**{m: subject[m] for m in self.modalities})
-        prepared = prepare_subject(images, None, self.config.get("spacing"))
-        probs = segment_prepared(
-            self.model, prepared, self.config["patch_size"], self.config["neighbours"], progress=progress
-        )
-        if self.config.get("spacing"):  # back to the input grid, probabilities first, then the argmax
-            reference = subject[self.modalities[0]]
-            image = tio.ScalarImage(tensor=probs, affine=prepared[self.modalities[0]].affine)
-            probs = tio.Resample(reference)(image).data
-        labels = classes_to_labels(probs.argmax(0).numpy())
-        return postprocess(labels) if clean else labels
-
-
-def _build(config: dict) -> torch.nn.Module:
-    network = SegNetworkConfig(**config["network"])
-    in_channels = len(config["modalities"]) * (2 * config["neighbours"] + 1)
-    return build_network(network, in_channels, len(config["class_labels"]))
+        """The label map alone (uint8, BraTS 2021 labels), for scoring loops."""
+        return self(subject, progress, clean)[LABEL_KEY].data[0].numpy().astype(np.uint8)
 
 
 def input_case(path: str | Path | None, files: Mapping[str, str | Path | None]) -> CaseFiles:
@@ -137,20 +181,22 @@ def predict_case(
     sidecar = strip_suffix(output).with_name(strip_suffix(output).name + ".json")
     for path in (output, sidecar):
         check_output(path, force)
-    segmenter = Segmenter(weights)
-    missing = [m for m in segmenter.modalities if m not in case.images]
-    if missing:
-        raise MeddiffError(
-            f"the weights need modality {', '.join(missing)}, which case {case.case_id} lacks "
-            f"(it has {', '.join(sorted(case.images)) or 'none'})"
-        )
-    subject = load_subject({m: case.images[m] for m in segmenter.modalities}, case_id=case.case_id)
-    labels = segmenter.predict(subject, progress=True, clean=clean)
-    reference = subject[segmenter.modalities[0]]
-    save_nifti(labels.astype(np.uint8), reference.affine, output, force=force, label=True)
+    segmenter = Segmenter.from_pretrained(weights)
+    used = segmenter.check_modalities(list(case.images), case.case_id)
+    absent = [m for m in segmenter.modalities if m not in used]
+    print(
+        f"weights {segmenter.folder} ({segmenter.hash[:12]}); modalities used: {', '.join(used)}"
+        + (f"; without {', '.join(absent)} (zero-filled, as trained with modality dropout)" if absent else ""),
+        file=sys.stderr,
+    )
+    subject = load_subject({m: case.images[m] for m in used}, case_id=case.case_id)
+    result = segmenter(subject, progress=True, clean=clean)
+    labels = result[LABEL_KEY].data[0].numpy().astype(np.uint8)
+    save_nifti(labels, result[LABEL_KEY].affine, output, force=force, label=True)
     write_json(
         provenance(
-            inputs={m: str(case.images[m]) for m in segmenter.modalities},
+            inputs={m: str(case.images[m]) for m in used},
+            modalities_zero_filled=absent,
             output=str(output),
             weights=str(segmenter.folder),
             weights_sha256=segmenter.hash,

@@ -3,8 +3,10 @@
 Why GradNorm: the hybrid loss mixes terms whose gradients differ by orders of magnitude (Dice vs. the sparse
 topology term) and whose scale drifts during training; GradNorm learns the term weights so that each term's
 gradient norm on the last shared layer follows the mean norm, scaled by how slowly that term is improving
-(``alpha`` sets how strongly). Weights stay positive and sum to the number of terms. Written here: no
-maintained PyTorch library ships GradNorm.
+(``alpha`` sets how strongly). Weights are renormalised to sum to the number of terms and then kept within
+``bounds``: unbounded, GradNorm drove the Dice term's weight to 0.1 while the topology term's rose to 2.2 (the
+term the metric cares about was starved), so every weight stays within a factor of the configured one. Written
+here: no maintained PyTorch library ships GradNorm.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ from torch import nn
 
 
 class GradNorm(nn.Module):
-    def __init__(self, names: Sequence[str], alpha: float = 1.5, lr: float = 0.025) -> None:
+    def __init__(
+        self, names: Sequence[str], alpha: float = 1.5, lr: float = 0.025, bounds: Sequence[float] = (0.5, 2.0)
+    ) -> None:
         super().__init__()
+        if not 0 < bounds[0] <= 1 <= bounds[1]:
+            raise ValueError(f"GradNorm bounds must satisfy 0 < low <= 1 <= high, got {tuple(bounds)}")
         self.names = list(names)
         self.alpha = alpha
+        self.bounds = (float(bounds[0]), float(bounds[1]))
         self.weights = nn.Parameter(torch.ones(len(self.names)))
         self.optimizer = torch.optim.Adam([self.weights], lr=lr)
         self.register_buffer("initial", torch.zeros(len(self.names)))
@@ -56,6 +63,7 @@ class GradNorm(nn.Module):
         (weighted_norms - target).abs().sum().backward(inputs=[self.weights])
         self.optimizer.step()
         with torch.no_grad():
-            self.weights.clamp_(min=1e-3)
+            self.weights.clamp_(*self.bounds)
             self.weights.mul_(len(self.names) / self.weights.sum())
+            self.weights.clamp_(*self.bounds)
         return (self.weights.detach() * values).sum()

@@ -7,7 +7,6 @@ shared Accelerate loop; what differs is data in the config.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,15 +16,21 @@ import numpy as np
 import torch
 import torchio as tio
 
-from meddiffusion.config import load_yaml, resolve_data_path, with_defaults
+from meddiffusion.config import config_record, load_yaml, resolve_data_path, with_defaults
 from meddiffusion.data.labels import region_masks
 from meddiffusion.data.layouts import CaseFiles, read_dataset
 from meddiffusion.data.prepare import load_case
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, write_json
-from meddiffusion.segmentation.data import CLASS_LABELS, SegPatches, classes_to_labels
+from meddiffusion.segmentation.coding import decode
+from meddiffusion.segmentation.data import SegPatches
 from meddiffusion.segmentation.losses import HybridLoss
-from meddiffusion.segmentation.models import SegNetworkConfig, build_network, head_parameters, n_parameters
+from meddiffusion.segmentation.models import (
+    SegNetworkConfig,
+    build_from_weights_config,
+    head_parameters,
+    n_parameters,
+)
 from meddiffusion.segmentation.predict import segment_prepared
 from meddiffusion.segmentation.reweighting import GradNorm
 from meddiffusion.training import TrainConfig, train
@@ -38,7 +43,10 @@ REWEIGHTING = ("gradnorm", "none")
 class SegDataConfig:
     data: str = ""
     layout: str | None = None
-    modalities: list[str] = field(default_factory=lambda: ["flair", "t1ce"])
+    modalities: list[str] = field(default_factory=lambda: ["flair", "t1", "t1ce", "t2"])
+    #: modalities a case may lack (zero-filled) and that are dropped out in training so the model serves without
+    optional_modalities: list[str] = field(default_factory=list)
+    modality_dropout: float = 0.0
     val_cases: list[str] = field(default_factory=list)
     exclude_cases: list[str] = field(default_factory=list)
     spacing: list[float] | None = None
@@ -52,6 +60,12 @@ class SegDataConfig:
     def __post_init__(self) -> None:
         if not self.modalities:
             raise ValueError("data.modalities is empty")
+        if unknown := sorted(set(self.optional_modalities) - set(self.modalities)):
+            raise ValueError(f"data.optional_modalities {unknown} are not in data.modalities")
+        if set(self.optional_modalities) == set(self.modalities):
+            raise ValueError("data.optional_modalities cannot be all modalities: one must be required")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError("data.modality_dropout must be in [0, 1)")
         if self.spacing is not None and len(self.spacing) != 3:
             raise ValueError("data.spacing needs three values (mm)")
 
@@ -59,6 +73,7 @@ class SegDataConfig:
 @dataclass
 class SegLossConfig:
     alpha: float = 1.0
+    ce: float = 1.0
     beta: float = 0.5
     gamma: float = 0.01
     boundary: str = "gradient"
@@ -67,6 +82,7 @@ class SegLossConfig:
     reweighting: str = "gradnorm"
     gradnorm_alpha: float = 1.5
     gradnorm_lr: float = 0.025
+    gradnorm_bounds: list[float] = field(default_factory=lambda: [0.5, 2.0])
 
     def __post_init__(self) -> None:
         if self.reweighting not in REWEIGHTING:
@@ -117,10 +133,10 @@ def training_cases(config: SegDataConfig) -> tuple[list[CaseFiles], list[CaseFil
 
 
 def _load(cases: list[CaseFiles], config: SegDataConfig) -> list[tio.Subject]:
-    return [load_case(c, config.modalities, config.spacing) for c in cases]
+    return [load_case(c, config.modalities, config.spacing, config.optional_modalities) for c in cases]
 
 
-def make_loss(config: SegLossConfig) -> tuple:
+def make_loss(config: SegLossConfig, output: str) -> tuple:
     """The training objective: the hybrid loss, its terms weighted by GradNorm (or fixed), plus what to log."""
     hybrid = HybridLoss(
         config.alpha,
@@ -129,10 +145,15 @@ def make_loss(config: SegLossConfig) -> tuple:
         config.boundary,
         config.topology_weights,
         config.topology_downsample,
+        ce=config.ce,
+        output=output,
     )
-    fixed = {"dice": config.alpha, "boundary": config.beta, "topology": config.gamma}
-    names = [k for k, v in fixed.items() if v]
-    gradnorm = GradNorm(names, config.gradnorm_alpha, config.gradnorm_lr) if config.reweighting == "gradnorm" else None
+    fixed = {k: v for k, v in hybrid.weights.items() if v}
+    gradnorm = (
+        GradNorm(list(fixed), config.gradnorm_alpha, config.gradnorm_lr, config.gradnorm_bounds)
+        if config.reweighting == "gradnorm"
+        else None
+    )
 
     def loss_fn(net, batch, generator):
         logits = net(batch["image"])
@@ -169,8 +190,10 @@ def validation(subjects: list[tio.Subject], config: SegTrainConfig, run_dir: Pat
     def validate(model) -> dict[str, float]:
         per_case = []
         for subject in subjects:
-            probs = segment_prepared(model, subject, config.data.patch_size, config.data.neighbours)
-            pred = classes_to_labels(probs.argmax(0).numpy())
+            probs = segment_prepared(
+                model, subject, config.data.patch_size, config.data.neighbours, config.network.output
+            )
+            pred = decode(probs.numpy(), config.network.output)
             per_case.append(region_dice(pred, subject[LABEL_KEY].data[0].numpy()))
         metrics = {k: float(np.mean([c[k] for c in per_case])) for k in per_case[0]}
         metrics["dice_mean"] = float(np.mean(list(metrics.values())))
@@ -183,25 +206,29 @@ def validation(subjects: list[tio.Subject], config: SegTrainConfig, run_dir: Pat
     return validate
 
 
+def weights_config(config: SegTrainConfig) -> dict:
+    """What a weights folder's ``config.json`` says about its model (``models.build_from_weights_config``
+    builds from it): the network, the modalities in channel order, which of them it can do without, the grid."""
+    return {
+        "network": config.network.to_dict(),
+        "task": "segmentation",
+        "modalities": config.data.modalities,
+        "optional_modalities": config.data.optional_modalities,
+        "spacing": config.data.spacing,
+        "patch_size": config.data.patch_size,
+        "neighbours": config.data.neighbours,
+        "label_convention": "brats2021",
+        "seed": config.seed,
+    }
+
+
 def _save(
     folder: Path, model: torch.nn.Module, config: SegTrainConfig, extra: dict | None = None, run_dir: Path | None = None
 ) -> Path:
-    folder = save_weights(
-        folder,
-        model,
-        {
-            "task": "segmentation",
-            "modalities": config.data.modalities,
-            "spacing": config.data.spacing,
-            "patch_size": config.data.patch_size,
-            "neighbours": config.data.neighbours,
-            "class_labels": list(CLASS_LABELS),
-            "label_convention": "brats2021",
-            "seed": config.seed,
-            "training": {"config": dataclasses.asdict(config), **(extra or {})},
-        },
-        network=config.network.to_dict(),
-    )
+    described = weights_config(config)
+    network = described.pop("network")
+    described["training"] = {"config": config_record(config, folder), **(extra or {})}
+    folder = save_weights(folder, model, described, network=network)
     record_run(folder, n_parameters(model), run_dir, ("training_log.csv", "validation_log.csv") if run_dir else ())
     return folder
 
@@ -221,10 +248,11 @@ def run_training(config: SegTrainConfig, out: Path, resume: bool = False, stop_a
         synthetic,
         config.data.synthetic_ratio,
         seed=config.seed,
+        optional=config.data.optional_modalities,
+        modality_dropout=config.data.modality_dropout,
     )
-    in_channels = len(config.data.modalities) * (2 * config.data.neighbours + 1)
-    model = build_network(config.network, in_channels, len(CLASS_LABELS))
-    loss_fn, gradnorm = make_loss(config.loss)
+    model = build_from_weights_config(weights_config(config))
+    loss_fn, gradnorm = make_loss(config.loss, config.network.output)
     out.mkdir(parents=True, exist_ok=True)
     data_list = {
         "train": [c.case_id for c in train_cases],
@@ -232,7 +260,7 @@ def run_training(config: SegTrainConfig, out: Path, resume: bool = False, stop_a
         "synthetic": config.data.synthetic,
         "synthetic_cases": len(synthetic),
     }
-    write_json(dataclasses.asdict(config), out / "config.json")
+    write_json(config_record(config, out), out / "config.json")
     write_json(data_list, out / "data_list.json")
     validate = validation(_load(val_cases, config.data), config, out) if val_cases else None
     model = train(

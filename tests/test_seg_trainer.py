@@ -18,7 +18,8 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image
 from meddiffusion.segmentation.ablation import summary_table, with_overrides
 from meddiffusion.segmentation.baselines import fit_threshold, predict_threshold
-from meddiffusion.segmentation.data import SegPatches, classes_to_labels
+from meddiffusion.segmentation.coding import classes_to_labels, classes_to_regions, decode, labels_to_classes
+from meddiffusion.segmentation.data import SegPatches
 from meddiffusion.segmentation.predict import Segmenter, input_case, predict_case
 from meddiffusion.segmentation.train import load_seg_config, run_training
 from meddiffusion.training import CHECKPOINT
@@ -30,8 +31,9 @@ def crop_list(real_crop, tmp_path):
     """A one-case data set (CSV list) of the real crop, labels in the BRATS 2012 convention."""
     path = tmp_path / "cases.csv"
     path.write_text(
-        "case_id,flair,t1ce,label,convention\n"
-        f"hg0015,{real_crop['flair']},{real_crop['t1ce']},{real_crop['label']},brats2012\n"
+        "case_id,flair,t1,t1ce,t2,label,convention\n"
+        f"hg0015,{real_crop['flair']},{real_crop['t1']},{real_crop['t1ce']},{real_crop['t2']},{real_crop['label']},"
+        "brats2012\n"
     )
     return path
 
@@ -91,13 +93,26 @@ def test_network_classes_map_back_to_brats2021_labels():
     assert to_brats2021(np.array([0, 1, 2, 3, 4]), "brats2015").tolist() == [0, 1, 2, 1, 4]
 
 
+def test_region_outputs_map_back_to_brats_labels_exactly(real_crop):
+    labels = to_brats2021(load_image(real_crop["label"], label=True).data[0].numpy(), "brats2012")
+    assert set(np.unique(labels).tolist()) == {0, 1, 2}
+    labels[30:34, 30:34, 10:14] = 4  # an enhancing block, so all three regions are present
+    regions = classes_to_regions(labels_to_classes(labels)[None, None])[0]
+    wt, tc, et = (regions[i].bool().numpy() for i in range(3))
+    assert np.array_equal(wt, labels > 0) and np.array_equal(tc, np.isin(labels, (1, 4)))
+    assert np.array_equal(et, labels == 4)
+    assert np.array_equal(decode(regions.numpy(), "regions"), labels)
+    onehot = np.stack([labels_to_classes(labels).numpy() == k for k in range(4)]).astype(np.float32)
+    assert np.array_equal(decode(onehot, "classes"), labels)
+
+
 def test_short_real_training_lowers_the_loss_and_logs_the_terms(crop_list, tmp_path):
     folder = run_training(_config(crop_list, steps=30, **{"train.learning_rate": 3e-3}), tmp_path / "run")
     log = np.genfromtxt(folder / "training_log.csv", delimiter=",", names=True)
     assert log["dice_loss"][-5:].mean() < log["dice_loss"][:5].mean()
-    assert {"w_dice", "w_boundary", "w_topology", "topology_s"} <= set(log.dtype.names)
+    assert {"w_dice", "w_ce", "w_boundary", "w_topology", "topology_s"} <= set(log.dtype.names)
     config = json.loads((folder / "config.json").read_text())
-    assert config["modalities"] == ["flair", "t1ce"] and config["class_labels"] == [0, 1, 2, 4]
+    assert config["modalities"] == ["flair", "t1", "t1ce", "t2"] and config["network"]["output"] == "regions"
 
 
 def test_resume_restores_optimizer_and_loss_weights_exactly(crop_list, tmp_path):
@@ -114,7 +129,7 @@ def test_monai_baselines_run_through_the_same_trainer(crop_list, tmp_path, model
     patch = {"unet": 32, "swinunetr": 64}[model]
     config = _config(crop_list, steps=2, **{"network.model": model, "data.patch_size": patch})
     folder = run_training(config, tmp_path / model)
-    labels = Segmenter(folder).predict(load_case(read_dataset(crop_list)[0], ["flair", "t1ce"], None))
+    labels = Segmenter.from_pretrained(folder).predict(read_dataset(crop_list)[0].load())
     assert labels.shape == (64, 64, 32)
 
 
@@ -138,6 +153,27 @@ def test_predict_names_a_missing_modality(real_crop, tmp_path):
     with pytest.raises(MeddiffError, match="t1ce"):
         predict_case(input_case(None, {"flair": real_crop["flair"]}), tmp_path / "x.nii.gz")
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_one_model_serves_cases_without_its_optional_modalities(crop_list, real_crop, tmp_path):
+    """Trained with T1 and T2 optional (dropped out), the model segments a FLAIR + T1c case (those two zero-filled,
+    as in training) and names the modality it cannot do without."""
+    optional = {"data.optional_modalities": ["t1", "t2"], "data.modality_dropout": 0.5}
+    folder = run_training(_config(crop_list, steps=2, **optional), tmp_path / "run")
+    segmenter = Segmenter.from_pretrained(folder)
+    assert segmenter.required == ["flair", "t1ce"]
+    partial = load_case(read_dataset(crop_list)[0], ["flair", "t1ce"], None)
+    result = segmenter(partial)
+    assert result["modalities_used"] == ["flair", "t1ce"] and result["label"].shape == (1, 64, 64, 32)
+    assert np.allclose(result["label"].affine, partial["flair"].affine)
+    filled = load_case(read_dataset(crop_list)[0], ["flair", "t1", "t1ce", "t2"], None, optional=["t1", "t2"])
+    assert filled["t1"].data.abs().sum() > 0  # present modalities are read, not zero-filled
+    only_flair = input_case(None, {"flair": real_crop["flair"], "t1": real_crop["t1"]})
+    with pytest.raises(MeddiffError, match="need modality t1ce"):
+        predict_case(only_flair, tmp_path / "x.nii.gz", weights=folder)
+    patches = SegPatches([filled], patch_size=32, optional=["t1", "t2"], modality_dropout=0.5, seed=1)
+    dropped = [not patches[i]["image"][3:6].any() for i in range(40)]  # t1 is channels 3-5
+    assert 10 < sum(dropped) < 30 and all(patches[i]["image"][:3].any() for i in range(40))
 
 
 def test_synthetic_ratio_without_synthetic_data_is_a_clear_error(crop_list, tmp_path):
@@ -194,7 +230,7 @@ def test_predict_reads_a_brats_case_folder_and_ignores_extra_modalities(real_cro
 
 def test_weights_of_another_task_are_refused(tmp_path):
     with pytest.raises(MeddiffError, match="not segmentation weights"):
-        Segmenter(pretrained("sr-unet"))
+        Segmenter.from_pretrained(pretrained("sr-unet"))
 
 
 def test_validation_cases_keep_the_best_weights(real_crop, tmp_path):
@@ -202,7 +238,9 @@ def test_validation_cases_keep_the_best_weights(real_crop, tmp_path):
     rows += [f"{c},{real_crop['flair']},{real_crop['t1ce']},{real_crop['label']},brats2012" for c in ("a", "b")]
     data = tmp_path / "cases.csv"
     data.write_text("\n".join(rows) + "\n")
-    config = _config(data, steps=4, **{"data.val_cases": ["b"], "train.validate_every": 2})
+    config = _config(
+        data, steps=4, **{"data.val_cases": ["b"], "train.validate_every": 2, "data.modalities": ["flair", "t1ce"]}
+    )
     run_training(config, tmp_path / "run")
     best = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
     assert {"dice_wt", "dice_tc", "dice_et", "dice_mean"} <= set(best)

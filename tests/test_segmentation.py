@@ -111,18 +111,30 @@ def test_hybrid_loss_combines_terms_and_decreases_when_fitting_a_real_label(real
     assert loss_fn(logits, target).item() < 0.5 * first
 
 
-def test_gradnorm_lifts_the_term_with_the_weaker_gradient_and_keeps_the_sum():
+def _gradnorm_weights(steps: int, **kwargs) -> dict[str, float]:
     from meddiffusion.segmentation.reweighting import GradNorm
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(4, 1)
-    reweight = GradNorm(["strong", "weak"], alpha=0.0, lr=0.05)
+    reweight = GradNorm(["strong", "weak"], alpha=0.0, lr=0.05, **kwargs)
     x = torch.randn(16, 4)
-    for _ in range(30):
+    for _ in range(steps):
         out = layer(x)
         losses = {"strong": 10.0 * out.pow(2).mean(), "weak": 0.1 * out.pow(2).mean()}
         total = reweight(losses, list(layer.parameters()))
         assert total.requires_grad
-    weights = reweight.as_dict()
+    return reweight.as_dict()
+
+
+def test_gradnorm_lifts_the_term_with_the_weaker_gradient_and_keeps_the_sum():
+    weights = _gradnorm_weights(30, bounds=(0.01, 100.0))
     assert weights["weak"] > weights["strong"]
     assert sum(weights.values()) == pytest.approx(2.0)
+
+
+def test_gradnorm_keeps_every_weight_within_its_bounds():
+    """Unbounded, the strong term's weight falls towards 0 (a starved Dice term); bounded, it stops at 0.5."""
+    assert _gradnorm_weights(200, bounds=(0.01, 100.0))["strong"] < 0.1
+    weights = _gradnorm_weights(200)
+    assert all(0.5 <= w <= 2.0 for w in weights.values())
+    assert weights["strong"] == pytest.approx(0.5) and weights["weak"] > 1.4

@@ -212,6 +212,7 @@ def test_quick_study_runs_end_to_end_on_a_tiny_real_subset(real_crop, tmp_path):
         "synth.network.block_out_channels": [8, 16, 16, 16],
         "synth.train.batch_size": 2,
         "seg.data.patch_size": 32,
+        "seg.data.modalities": ["flair", "t1ce"],
         "seg.network.channels": [8, 16, 32, 64],
         "seg.network.d_model": 16,
         "seg.train.batch_size": 2,

@@ -56,6 +56,26 @@ def prepare_subject(subject: tio.Subject, convention: str | None, spacing: Seque
     return prepared
 
 
-def load_case(case: CaseFiles, modalities: Sequence[str], spacing: Sequence[float] | None) -> tio.Subject:
-    """Read and prepare one case with exactly ``modalities`` (a missing one is an error naming it)."""
-    return prepare_subject(case.load(tuple(modalities)), case.convention, spacing)
+def load_case(
+    case: CaseFiles, modalities: Sequence[str], spacing: Sequence[float] | None, optional: Sequence[str] = ()
+) -> tio.Subject:
+    """Read and prepare one case with exactly ``modalities``, in that order. A missing modality is an error naming
+    it, unless it is ``optional``: then it is all zeros (what a normalised image has outside the brain), the input
+    a model trained with modality dropout (``segmentation.data``) expects for a modality a case lacks."""
+    present = tuple(m for m in modalities if m in case.images or m not in optional)
+    prepared = prepare_subject(case.load(present), case.convention, spacing)
+    return with_modalities(prepared, modalities)
+
+
+def with_modalities(subject: tio.Subject, modalities: Sequence[str]) -> tio.Subject:
+    """``subject`` with exactly ``modalities`` in that order; absent ones all zeros on the first image's grid."""
+    first = subject[modality_names(subject)[0]]
+    entries = {
+        m: subject[m] if m in subject else tio.ScalarImage(tensor=torch.zeros_like(first.data), affine=first.affine)
+        for m in modalities
+    }
+    if LABEL_KEY in subject:
+        entries[LABEL_KEY] = subject[LABEL_KEY]
+    out = tio.Subject(**entries)
+    out["case_id"] = subject.get("case_id", "case")
+    return out

@@ -1,0 +1,69 @@
+"""How a segmenter's outputs code the BraTS 2021 labels (0, 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing).
+
+- ``regions`` (the default, nnU-Net's BraTS setting): three overlapping sigmoid channels for the evaluated regions
+  whole tumour (1, 2, 4), tumour core (1, 4) and enhancing tumour (4). The loss then optimises exactly what BraTS
+  scores, and a voxel's label is read off the nested regions: ET -> 4, else TC -> 1, else WT -> 2.
+- ``classes``: one softmax over the four labels (background, 1, 2, 4), the earlier shipped weights' coding.
+
+Training targets are class indices 0-3 (``labels_to_classes``) whatever the coding; the loss turns them into
+region targets where needed, so the data path does not depend on the coding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+OUTPUTS = ("regions", "classes")
+#: network classes <-> BraTS 2021 labels (class 3 is label 4, enhancing tumour)
+CLASS_LABELS = (0, 1, 2, 4)
+REGION_NAMES = ("WT", "TC", "ET")
+#: which classes (0-3) each region holds
+REGION_CLASSES = ((1, 2, 3), (1, 3), (3,))
+
+
+def check_output(output: str) -> str:
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    return output
+
+
+def n_outputs(output: str) -> int:
+    return len(REGION_NAMES) if check_output(output) == "regions" else len(CLASS_LABELS)
+
+
+def labels_to_classes(label: np.ndarray | torch.Tensor) -> torch.Tensor:
+    label = torch.as_tensor(np.asarray(label))
+    return torch.where(label == 4, 3, label).long()
+
+
+def classes_to_labels(classes: torch.Tensor | np.ndarray) -> np.ndarray:
+    return np.asarray(CLASS_LABELS, dtype=np.uint8)[np.asarray(classes)]
+
+
+def classes_to_regions(classes: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, *S]`` class indices -> ``[B, 3, *S]`` float WT / TC / ET targets."""
+    return torch.cat([torch.isin(classes, torch.tensor(c, device=classes.device)) for c in REGION_CLASSES], 1).float()
+
+
+def activate(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """Probabilities from logits ``[B, K, *S]``: sigmoid per region, or softmax over classes."""
+    return logits.sigmoid() if output == "regions" else logits.softmax(1)
+
+
+def foreground(probs: torch.Tensor, output: str) -> torch.Tensor:
+    """Whole-tumour probability ``[B, *S]``."""
+    return probs[:, 0] if output == "regions" else 1.0 - probs[:, 0]
+
+
+def decode(probs: torch.Tensor | np.ndarray, output: str, threshold: float = 0.5) -> np.ndarray:
+    """``[K, *S]`` probabilities -> uint8 BraTS 2021 labels: nested regions (ET 4, else TC 1, else WT 2), or argmax."""
+    probs = np.asarray(probs)
+    if output == "classes":
+        return classes_to_labels(probs.argmax(0))
+    wt, tc, et = (probs[i] > threshold for i in range(3))
+    labels = np.zeros(probs.shape[1:], dtype=np.uint8)
+    labels[wt] = 2
+    labels[tc] = 1
+    labels[et] = 4
+    return labels
