@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from meddiffusion.data.labels import check_labels
 from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.image import image_metrics
 from meddiffusion.eval.segmentation import evaluate_segmentation
 from meddiffusion.eval.stats import paired_comparison
-from meddiffusion.io import atomic_write, image_suffix, load_image, same_grid, strip_suffix, write_json
+from meddiffusion.io import atomic_write, check_output, load_image, same_grid, write_json, write_text
+from meddiffusion.paths import image_suffix, strip_suffix
 from meddiffusion.plotting import save_figure, subplots
 
 SUMMARY_KEYS = {
@@ -60,7 +63,12 @@ def evaluate_sr_files(
 
 
 def evaluate_seg_files(pred: str | Path, ref: str | Path, convention: str | None = "brats2021") -> dict[str, Any]:
+    """Segmentation metrics of one label map against its reference; values outside ``convention`` are an error
+    naming the file (None: any label > 0 is foreground)."""
     p, r = _load_pair(Path(pred), Path(ref), label=True)
+    if convention is not None:
+        for image, path in ((p, pred), (r, ref)):
+            check_labels(image.data[0].numpy(), convention, path)
     return evaluate_segmentation(p.data[0].numpy(), r.data[0].numpy(), tuple(r.spacing), convention)
 
 
@@ -140,31 +148,34 @@ def evaluate_folders(
     convention: str | None = "brats2021",
     force: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate one or more prediction folders against ``ref_dir`` and write the report into ``out_dir``."""
+    """Evaluate one or more prediction folders against ``ref_dir`` and write the report into ``out_dir``.
+
+    Every report file is checked before any work: an earlier report is only replaced with ``force``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(names or [Path(p).name for p in preds])
     if len(names) != len(preds):
         raise MeddiffError(f"{len(preds)} prediction folders but {len(names)} names")
+    outputs = [out_dir / f"{name}_cases.csv" for name in names]
+    outputs += [out_dir / f for f in ("summary.json", "report.md", "boxplot.png", "examples.png")]
+    for path in outputs:
+        check_output(path, force)
     per_method: dict[str, list[dict[str, Any]]] = {}
     examples: dict[str, tuple[str, Path, Path]] = {}
     for name, pred_dir in zip(names, preds, strict=True):
         rows, pairs = [], match_cases(Path(pred_dir), Path(ref_dir))
-        for cid, p, r in pairs:
+        for cid, p, r in tqdm(pairs, desc=f"eval {name}", leave=False):
             metrics = evaluate_sr_files(p, r) if kind == "sr" else evaluate_seg_files(p, r, convention)
             rows.append({"case_id": cid, **metrics})
         per_method[name] = rows
         key = "psnr" if kind == "sr" else "dice"
         median = int(np.argsort([r[key] for r in rows])[len(rows) // 2])  # the median case, not the best
         examples[name] = pairs[median]
-        csv_path = out_dir / f"{name}_cases.csv"
-        if csv_path.exists() and not force:
-            raise MeddiffError("exists already (use --force to overwrite)", csv_path)
-        write_csv(rows, csv_path)
+        write_csv(rows, out_dir / f"{name}_cases.csv")
     keys = SUMMARY_KEYS[kind]
     summary = {name: summarise(rows, keys) for name, rows in per_method.items()}
     write_json(summary, out_dir / "summary.json", force=True)
-    (out_dir / "report.md").write_text(markdown_table(summary, keys))
+    write_text(markdown_table(summary, keys), out_dir / "report.md", force=True)
     box_plot(per_method, keys, out_dir / "boxplot.png")
     example_plot(kind, examples, out_dir / "examples.png")
     return summary
@@ -221,15 +232,37 @@ def example_plot(kind: str, examples: dict[str, tuple[str, Path, Path]], path: P
     return save_figure(fig, path)
 
 
-def compare_csv(a: str | Path, b: str | Path, metrics: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """Paired statistics between two per-case CSVs on the cases they share (difference = B - A)."""
+def compare_csv(
+    a: str | Path, b: str | Path, metrics: Sequence[str] | None = None
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Paired statistics between two per-case CSVs on the cases they share (difference = B - A).
+
+    Returns (statistics per metric, skipped metric -> why). Without ``metrics``, every numeric column both files
+    have is compared and those with fewer than 2 finite pairs (e.g. HD95 of a region empty everywhere) are
+    skipped; a requested metric that cannot be compared is an error."""
     rows_a = {r["case_id"]: r for r in read_csv(a)}
     rows_b = {r["case_id"]: r for r in read_csv(b)}
     common = sorted(set(rows_a) & set(rows_b))
     if len(common) < 2:
         raise MeddiffError(f"{a} and {b} share {len(common)} case(s); a paired test needs at least 2")
-    numeric = [k for k, v in rows_a[common[0]].items() if isinstance(v, float) and k in rows_b[common[0]]]
-    metrics = list(metrics or numeric)
-    if unknown := [m for m in metrics if m not in numeric]:
-        raise MeddiffError(f"metric(s) {', '.join(unknown)} not in both CSVs")
-    return {m: paired_comparison([rows_a[c][m] for c in common], [rows_b[c][m] for c in common]) for m in metrics}
+
+    def numeric(rows: dict[str, dict[str, Any]]) -> set[str]:
+        return {k for c in common for k, v in rows[c].items() if isinstance(v, float)}
+
+    columns = [k for k in rows_a[common[0]] if k in numeric(rows_a) & numeric(rows_b)]
+    if unknown := [m for m in metrics or () if m not in columns]:
+        raise MeddiffError(f"metric(s) {', '.join(unknown)} not numeric in both CSVs")
+
+    def value(row: dict[str, Any], m: str) -> float:
+        v = row.get(m)
+        return v if isinstance(v, float) else math.nan
+
+    results, skipped = {}, {}
+    for m in metrics or columns:
+        a_values, b_values = [value(rows_a[c], m) for c in common], [value(rows_b[c], m) for c in common]
+        finite = sum(math.isfinite(x) and math.isfinite(y) for x, y in zip(a_values, b_values, strict=True))
+        if finite < 2 and not metrics:
+            skipped[m] = f"{finite} finite pair(s) of {len(common)}"
+            continue
+        results[m] = paired_comparison(a_values, b_values)
+    return results, skipped

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from meddiffusion import __version__
 from meddiffusion.errors import MeddiffError
+from meddiffusion.paths import check_input_file, check_output
+from meddiffusion.serialise import json_text
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -38,11 +40,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    for path in args.files:
+        check_input_file(path)
     from meddiffusion.info import describe, format_info
 
     for path in args.files:
         info = describe(path, label=True if args.label else None)
-        print(json.dumps(info) if args.json else format_info(info))
+        print(json_text(info) if args.json else format_info(info))
     return 0
 
 
@@ -67,7 +71,7 @@ def _data_split(args: argparse.Namespace) -> int:
     else:
         train, test = train_test_split(ids, args.test_fraction, args.seed)
         payload = {"train": train, "test": test}
-    print(json.dumps({"seed": args.seed, "splits": payload}, indent=2))
+    print(json_text({"seed": args.seed, "splits": payload}))
     return 0
 
 
@@ -86,6 +90,8 @@ def _sr_train(args: argparse.Namespace) -> int:
 
 
 def _sr_upscale(args: argparse.Namespace) -> int:
+    check_input_file(args.input)
+    check_output(args.output, args.force)
     from meddiffusion.sr.pipeline import UpscaleOptions
     from meddiffusion.sr.run import upscale_file
 
@@ -109,6 +115,8 @@ def _sr_upscale(args: argparse.Namespace) -> int:
 
 
 def _sr_degrade(args: argparse.Namespace) -> int:
+    check_input_file(args.input)
+    check_output(args.output, args.force)
     from meddiffusion.sr.run import degrade_file
 
     degrade_file(args.input, args.output, args.scale, args.axis, args.slice_axis, force=args.force)
@@ -118,6 +126,9 @@ def _sr_degrade(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """``eval sr`` / ``eval seg``: files -> JSON on stdout; folders (one per method) -> report in --out."""
+    for path in [*args.pred, args.ref]:
+        if not Path(path).is_dir():
+            check_input_file(path)
     from meddiffusion.eval.report import evaluate_folders, evaluate_seg_files, evaluate_sr_files
 
     convention = getattr(args, "convention", None)  # seg only; "binary" = foreground as one region
@@ -126,7 +137,7 @@ def _eval(args: argparse.Namespace) -> int:
         if not args.out:
             raise MeddiffError("folder evaluation needs --out for the report")
         summary = evaluate_folders(args.kind, args.pred, args.ref, args.out, args.names, convention, force=args.force)
-        print(json.dumps(summary, indent=2))
+        print(json_text(summary))
         return 0
     if len(args.pred) != 1:
         raise MeddiffError("give one prediction file, or prediction folders with a reference folder")
@@ -134,14 +145,17 @@ def _eval(args: argparse.Namespace) -> int:
         metrics = evaluate_sr_files(args.pred[0], args.ref, args.mask, args.data_range)
     else:
         metrics = evaluate_seg_files(args.pred[0], args.ref, convention)
-    print(json.dumps(metrics, indent=2))
+    print(json_text(metrics))
     return 0
 
 
 def _eval_compare(args: argparse.Namespace) -> int:
     from meddiffusion.eval.report import compare_csv
 
-    print(json.dumps(compare_csv(args.a, args.b, args.metrics), indent=2))
+    results, skipped = compare_csv(args.a, args.b, args.metrics)
+    print(json_text(results))
+    for metric, why in skipped.items():
+        print(f"meddiff: skipped {metric}: {why}", file=sys.stderr)
     return 0
 
 
@@ -175,12 +189,15 @@ def _seg_train(args: argparse.Namespace) -> int:
 
 
 def _seg_predict(args: argparse.Namespace) -> int:
-    from meddiffusion.segmentation.predict import input_case, predict_case
-
-    if len(args.paths) > 2:
-        raise MeddiffError("give INPUT OUTPUT, or OUTPUT with one file per modality (--flair F --t1ce F ...)")
-    case_dir, output = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
+    case_dir, output = (None, args.output) if args.case is None else (args.case, args.output)
+    if args.output is None:  # one positional: the output, with the modalities given as flags
+        case_dir, output = None, args.case
     files = {m: getattr(args, m) for m in ("t1", "t1ce", "t2", "flair")}
+    _check_case_inputs(case_dir, files)
+    check_output(output, args.force)
+    from meddiffusion.data.layouts import input_case
+    from meddiffusion.segmentation.predict import predict_case
+
     labels = predict_case(
         input_case(case_dir, files), output, args.weights, force=args.force, clean=not args.no_postprocess
     )
@@ -188,12 +205,25 @@ def _seg_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_case_inputs(case_dir: str | None, files: dict[str, str | None]) -> None:
+    """The quick checks of a case given as a folder and/or one file per modality."""
+    if case_dir is not None and not Path(case_dir).is_dir():
+        raise MeddiffError("case folder not found", case_dir)
+    for path in files.values():
+        if path:
+            check_input_file(path)
+
+
 def _seg_ablate(args: argparse.Namespace) -> int:
+    from meddiffusion.io import check_output, write_text
     from meddiffusion.segmentation.ablation import cross_validate, summary_table
 
+    summary = Path(args.out) / "summary.md"
+    if Path(args.out).is_dir():  # an interrupted run continues; a finished one is redone only with --force
+        check_output(summary, args.force)
     rows = cross_validate(_seg_config(args), args.out, args.variants, args.folds, args.seed)
     table = summary_table(rows)
-    (Path(args.out) / "summary.md").write_text(table)
+    write_text(table, summary, force=True)
     print(table)
     return 0
 
@@ -211,10 +241,6 @@ def _synth_train(args: argparse.Namespace) -> int:
 
 
 def _synth_lesion(args: argparse.Namespace) -> int:
-    from meddiffusion.segmentation.predict import input_case
-    from meddiffusion.synth.cases import synthesize_case
-    from meddiffusion.synth.pipeline import LesionRequest
-
     centre = None
     if args.center:
         try:
@@ -224,6 +250,12 @@ def _synth_lesion(args: argparse.Namespace) -> int:
         if len(centre) != 3:
             raise MeddiffError(f"--center takes three voxel indices X,Y,Z, got {args.center!r}")
     files = {m: getattr(args, m) for m in ("t1", "t1ce", "t2", "flair")}
+    _check_case_inputs(args.input, files)
+    check_output(args.out_label, args.force)
+    from meddiffusion.data.layouts import input_case
+    from meddiffusion.synth.cases import synthesize_case
+    from meddiffusion.synth.pipeline import LesionRequest
+
     case = input_case(args.input, files)
     request = LesionRequest(args.volume_ml, args.foci, centre, args.seed, args.steps)
     result = synthesize_case(case, args.out_image, args.out_label, request, args.weights, force=args.force)
@@ -246,7 +278,7 @@ def _study(args: argparse.Namespace) -> int:
     preset = PRESETS["quick" if args.quick else "full"]
     if args.seeds is not None:
         preset = dataclasses.replace(preset, seeds=args.seeds)
-    report = run_study(args.data, args.recipe, args.out, preset, seg_config=args.seg_config)
+    report = run_study(args.data, args.recipe, args.out, preset, seg_config=args.seg_config, force=args.force)
     print(report.read_text())
     print(f"wrote {report}")
     return 0
@@ -368,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seeds", type=int, help="segmenter seeds per arm (default: 2 quick, 3 full)")
     study.add_argument("--quick", action="store_true", help="the 2-CPU preset (about 25 minutes)")
     study.add_argument("--seg-config", help="segmenter YAML config (e.g. configs/seg_dualpath.yaml)")
+    study.add_argument("--force", action="store_true", help="redo the report of a finished study")
     study.set_defaults(handler=_study)
     return parser
 
@@ -396,7 +429,8 @@ def _add_seg(commands) -> None:
     train.set_defaults(handler=_seg_train)
 
     predict = sub.add_parser("predict", help="segment a case into a BraTS 2021 label map")
-    predict.add_argument("paths", nargs="+", metavar="[INPUT] OUTPUT", help="case folder (optional) and output")
+    predict.add_argument("case", metavar="CASE_DIR", help="case folder (BraTS 2021/2023 naming); omit with flags")
+    predict.add_argument("output", nargs="?", metavar="OUTPUT", help="label map (.nii.gz); OUTPUT.json records it")
     for m in ("t1", "t1ce", "t2", "flair"):
         predict.add_argument(f"--{m}", help=f"{m} image (instead of, or over, the case folder's)")
     predict.add_argument("--weights", help="weights folder (default: the shipped dual-path weights)")
@@ -409,6 +443,7 @@ def _add_seg(commands) -> None:
     ablate.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ablate.add_argument("--folds", type=int, default=5)
     ablate.add_argument("--seed", type=int, default=0)
+    ablate.add_argument("--force", action="store_true", help="redo the summary of a finished run")
     ablate.set_defaults(handler=_seg_ablate)
 
 
@@ -459,6 +494,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("meddiff: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader closed the pipe (``meddiff ... | head``): stop quietly, and keep Python's exit-time flush
+        # of stdout from raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ module adds is validation with errors a user can act on, atomic writes, and prov
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import warnings
@@ -21,26 +20,10 @@ import torch
 import torchio as tio
 
 from meddiffusion.errors import MeddiffError
+from meddiffusion.paths import NIFTI_SUFFIXES, check_input_file, check_output, image_suffix, strip_suffix
+from meddiffusion.serialise import json_text
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-READ_SUFFIXES = (*NIFTI_SUFFIXES, ".mha", ".mhd")
 LABEL_KEY = "label"
-
-
-def image_suffix(path: str | Path) -> str:
-    """Return the recognised image suffix of ``path`` (``.nii.gz`` counts as one)."""
-    name = Path(path).name.lower()
-    for suffix in sorted(READ_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
-            return suffix
-    return ""
-
-
-def strip_suffix(path: str | Path) -> Path:
-    """``a/b.nii.gz`` -> ``a/b``: the stem that sidecar files are named after."""
-    path = Path(path)
-    suffix = image_suffix(path)
-    return path.with_name(path.name[: -len(suffix)]) if suffix else path.with_suffix("")
 
 
 def load_image(path: str | Path, label: bool = False, allow_2d: bool = False) -> tio.Image:
@@ -49,11 +32,7 @@ def load_image(path: str | Path, label: bool = False, allow_2d: bool = False) ->
     Raises ``MeddiffError`` naming the file for a missing, unreadable or non-image file, a 2D image,
     NaN/Inf voxels, a singular affine, or (for ``label=True``) non-integer values.
     """
-    path = Path(path)
-    if not path.exists():
-        raise MeddiffError("file not found", path)
-    if not image_suffix(path):
-        raise MeddiffError(f"not a NIfTI or MetaImage file (expected one of {', '.join(READ_SUFFIXES)})", path)
+    path = check_input_file(path)
     cls = tio.LabelMap if label else tio.ScalarImage
     try:
         with warnings.catch_warnings():  # TorchIO warns before falling back from SimpleITK to nibabel
@@ -63,7 +42,10 @@ def load_image(path: str | Path, label: bool = False, allow_2d: bool = False) ->
     except Exception as exc:  # nibabel/SimpleITK raise many types for truncated or foreign files
         raise MeddiffError(f"cannot be read as an image ({type(exc).__name__}: {exc})", path) from exc
     _check_geometry(image, path, allow_2d)
-    if bad := _count_nonfinite(path):
+    stored = _stored_array(path)
+    if stored.shape[:3] != tuple(image.spatial_shape):
+        raise MeddiffError(f"holds {stored.shape} voxels but TorchIO read {tuple(image.spatial_shape)}", path)
+    if np.issubdtype(stored.dtype, np.floating) and (bad := int(stored.size - np.count_nonzero(np.isfinite(stored)))):
         raise MeddiffError(f"contains {bad} NaN/Inf voxels", path)
     data = image.data
     if label:
@@ -75,20 +57,20 @@ def load_image(path: str | Path, label: bool = False, allow_2d: bool = False) ->
     return image
 
 
-def _count_nonfinite(path: Path) -> int:
-    """NaN/Inf voxels as stored on disk (TorchIO's readers turn NaN into 0, so the file is asked directly)."""
-    if image_suffix(path) in NIFTI_SUFFIXES:
-        proxy = nib.load(str(path))
-        if not np.issubdtype(proxy.get_data_dtype(), np.floating):
-            return 0
-        data = np.asanyarray(proxy.dataobj)
-    else:
+def _stored_array(path: Path) -> np.ndarray:
+    """The voxels as stored on disk, read by nibabel (NIfTI) or SimpleITK (MetaImage) directly.
+
+    TorchIO's reader zero-fills a truncated integer ``.nii.gz`` without a word and turns NaN into 0, so the file
+    itself is asked: a truncated or corrupt file is an error here, and NaN/Inf are counted from these values.
+    """
+    try:
+        if image_suffix(path) in NIFTI_SUFFIXES:
+            return np.asanyarray(nib.load(str(path)).dataobj)
         import SimpleITK as sitk
 
-        data = sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))
-        if not np.issubdtype(data.dtype, np.floating):
-            return 0
-    return int(data.size - np.count_nonzero(np.isfinite(data)))
+        return sitk.GetArrayViewFromImage(sitk.ReadImage(str(path))).transpose()
+    except Exception as exc:  # EOFError, zlib.error, OSError, RuntimeError from SimpleITK...
+        raise MeddiffError(f"is truncated or corrupt ({type(exc).__name__}: {exc})", path) from exc
 
 
 def _check_geometry(image: tio.Image, path: Path, allow_2d: bool) -> None:
@@ -140,23 +122,21 @@ def modality_names(subject: tio.Subject) -> list[str]:
     return [k for k, v in subject.items() if isinstance(v, tio.ScalarImage)]
 
 
-def check_output(path: str | Path, force: bool) -> Path:
-    """Refuse to overwrite an existing file unless ``force``; return the path."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise MeddiffError("exists already (use --force to overwrite)", path)
-    if not path.parent.exists():
-        raise MeddiffError("output folder does not exist", path.parent)
-    return path
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, write: Any, suffix: str | None = None) -> Path:
-    """Call ``write(tmp_path)`` and move the result into place, so no partial file is ever left."""
+    """Call ``write(tmp_path)`` and move the result into place, so no partial file is ever left. The file gets
+    the mode a plain ``open`` would give it (0666 less the user's umask), not the temporary file's 0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or image_suffix(path))
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -189,21 +169,17 @@ def save_image(image: tio.Image, path: str | Path, force: bool = False) -> Path:
     return save_nifti(image.data[0], image.affine, path, force=force, label=label)
 
 
-def write_json(payload: Mapping[str, Any], path: str | Path, force: bool = True) -> Path:
+def write_json(payload: Mapping[str, Any] | list, path: str | Path, force: bool = True) -> Path:
     """Write JSON atomically (provenance, metadata, metric summaries)."""
     path = check_output(path, force)
-    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default)
+    text = json_text(payload)
     return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"), suffix=".json")
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def write_text(text: str, path: str | Path, force: bool = False) -> Path:
+    """Write a text file (a report) atomically, refusing to replace one unless ``force``."""
+    path = check_output(path, force)
+    return atomic_write(path, lambda tmp: tmp.write_text(text), suffix=Path(path).suffix)
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import platform
 import sys
+import warnings
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -28,7 +29,7 @@ from meddiffusion.data.splits import train_test_split
 from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.report import box_plot, example_plot, write_csv
 from meddiffusion.eval.stats import paired_comparison
-from meddiffusion.io import modality_names, save_nifti, write_json
+from meddiffusion.io import check_output, modality_names, save_nifti, write_json, write_text
 from meddiffusion.provenance import code_version, file_sha256
 from meddiffusion.segmentation.ablation import evaluate_cases, reference_label, with_overrides
 from meddiffusion.segmentation.predict import Segmenter
@@ -68,11 +69,14 @@ def run_study(
     preset: StudyPreset,
     seg_config: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> Path:
     """Run (or continue) the study; returns the report's path. ``overrides`` adjust the generator and
-    segmenter configs (``synth.<section>.<key>`` / ``seg.<section>.<key>``), e.g. for tiny test runs."""
+    segmenter configs (``synth.<section>.<key>`` / ``seg.<section>.<key>``), e.g. for tiny test runs.
+    An interrupted study continues; a finished one (its report written) is only redone with ``force``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    check_output(out / "report.md", force)
     data = str(Path(data).resolve())
     overrides = overrides or {}
     cases = {c.case_id: c for c in read_dataset(data) if c.label is not None}
@@ -179,14 +183,22 @@ def _report(rows: list[dict], out: Path, data: str, recipe, preset: StudyPreset)
             lines.append(f"| {key[0]} | {key[1]} | {arm} | " + " | ".join(_fmt(r.get(m)) for m in COMPARED) + " |")
     lines += [
         "",
-        "## Paired comparison (real + synthetic − real, pairs = case × seed)",
+        "## Paired comparison (real + synthetic − real; one pair per patient, seeds averaged first; t-interval)",
         "",
         "| metric | real | real + synthetic | mean diff | 95 % CI | t-test p | Wilcoxon p |",
         "|---|---|---|---|---|---|---|",
     ]
+    patients = sorted({case for case, _ in pairs})
+
+    def per_patient(table: dict, m: str) -> list[float]:
+        return [float(np.nanmean([table[k].get(m, np.nan) for k in pairs if k[0] == p] or [np.nan])) for p in patients]
+
     for m in COMPARED:
         try:
-            s = paired_comparison([real[k].get(m, np.nan) for k in pairs], [mixed[k].get(m, np.nan) for k in pairs])
+            with warnings.catch_warnings():  # a metric undefined for every seed of a patient stays NaN, dropped
+                warnings.simplefilter("ignore", RuntimeWarning)
+                a, b = per_patient(real, m), per_patient(mixed, m)
+            s = paired_comparison(a, b)
         except MeddiffError as exc:
             lines.append(f"| {m} | – | – | – | not testable: {exc} | – | – |")
             continue
@@ -207,9 +219,7 @@ def _report(rows: list[dict], out: Path, data: str, recipe, preset: StudyPreset)
     }
     example_plot("seg", examples, out / "study_examples.png")
     lines += ["", "![box plots](study_boxplot.png)", "", "![predictions](study_examples.png)", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+    return write_text("\n".join(lines), out / "report.md", force=True)
 
 
 def _fmt(value: Any) -> str:

@@ -20,6 +20,7 @@ from meddiffusion.diffusion.network import ConditionalUNet, NetworkConfig
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import atomic_write, write_json
 from meddiffusion.provenance import file_sha256, provenance
+from meddiffusion.serialise import json_text
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -38,7 +39,7 @@ def save_weights(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)), suffix=".safetensors")
     config = {"network": network if network is not None else model.config.to_dict(), **extra}
-    text = json.dumps(config, indent=2)
+    text = json_text(config)
     atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(text + "\n"), suffix=".json")
     return folder
 
@@ -88,6 +89,22 @@ def record_run(folder: str | Path, n_parameters: int, run_dir: str | Path | None
 def weights_hash(folder: str | Path) -> str:
     """SHA-256 of the weights file (first 16 hex digits are enough to tell versions apart)."""
     return file_sha256(Path(folder) / WEIGHTS_FILE)
+
+
+def check_device(name: str) -> str:
+    """``name`` if torch can run there (``cpu``, ``cuda``, ``cuda:1``, ``mps``), else a one-line error."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise MeddiffError(f"unknown device {name!r} ({exc})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        built = "a CPU-only build" if torch.version.cuda is None else "no usable GPU here"
+        raise MeddiffError(f"--device {name}: this torch ({torch.__version__}) has {built}; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise MeddiffError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise MeddiffError(f"--device {name}: MPS is not available here; use --device cpu")
+    return name
 
 
 def pretrained(name: str) -> Path:

@@ -53,7 +53,7 @@ def reference_label(case: CaseFiles, modalities: Sequence[str]):
     """The case's subject (those of ``modalities`` it has) and its expert label in the BraTS 2021 convention."""
     present = {m: case.images[m] for m in modalities if m in case.images}
     subject = load_subject(present, case.label, case_id=case.case_id)
-    label = to_brats2021(subject[LABEL_KEY].data[0].numpy().round().astype(np.int64), case.convention)
+    label = to_brats2021(subject[LABEL_KEY].data[0].numpy().round().astype(np.int64), case.convention, case.label)
     return subject, label
 
 

@@ -8,7 +8,7 @@ blending), and the class probabilities are resampled back to the input grid befo
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +18,12 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from meddiffusion.data.layouts import MODALITIES, CaseFiles, read_case
+from meddiffusion.data.layouts import CaseFiles
 from meddiffusion.data.prepare import prepare_subject, with_modalities
 from meddiffusion.data.sampling import neighbour_stack
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import (
-    LABEL_KEY,
-    check_output,
-    load_subject,
-    modality_names,
-    save_nifti,
-    strip_suffix,
-    write_json,
-)
+from meddiffusion.io import LABEL_KEY, check_output, load_subject, modality_names, save_nifti, write_json
+from meddiffusion.paths import sidecar
 from meddiffusion.provenance import provenance
 from meddiffusion.segmentation.coding import activate, decode
 from meddiffusion.segmentation.data import PLANE_AXIS
@@ -161,25 +154,13 @@ class Segmenter:
         return self(subject, progress, clean)[LABEL_KEY].data[0].numpy().astype(np.uint8)
 
 
-def input_case(path: str | Path | None, files: Mapping[str, str | Path | None]) -> CaseFiles:
-    """The case to segment: a case folder, or files given per modality (the files win over the folder's)."""
-    given = {m: Path(f) for m, f in files.items() if f}
-    if unknown := sorted(set(given) - set(MODALITIES)):
-        raise MeddiffError(f"unknown modality {', '.join(unknown)}; use {', '.join(MODALITIES)}")
-    if path is None and not given:
-        raise MeddiffError("give a case folder or one file per modality (--flair F --t1ce F ...)")
-    case = read_case(path) if path is not None else CaseFiles(strip_suffix(next(iter(given.values()))).name, {})
-    case.images.update(given)
-    return case
-
-
 def predict_case(
     case: CaseFiles, output: str | Path, weights: str | Path | None = None, force: bool = False, clean: bool = True
 ) -> np.ndarray:
     """Segment one case into ``output`` (uint8 NIfTI, BraTS 2021 labels) plus ``<output>.json`` provenance."""
     output = Path(output)
-    sidecar = strip_suffix(output).with_name(strip_suffix(output).name + ".json")
-    for path in (output, sidecar):
+    record = sidecar(output)
+    for path in (output, record):
         check_output(path, force)
     segmenter = Segmenter.from_pretrained(weights)
     used = segmenter.check_modalities(list(case.images), case.case_id)
@@ -204,7 +185,7 @@ def predict_case(
             postprocessed=clean,
             voxels_per_label={int(v): int((labels == v).sum()) for v in np.unique(labels)},
         ),
-        sidecar,
+        record,
         force=force,
     )
     return labels

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image
-from meddiffusion.sr.degradation import check_fits, degrade
+from meddiffusion.sr.degradation import check_fits, degrade, degraded_axes, plane_normals
 from meddiffusion.sr.interpolation import upsample_planes
 from meddiffusion.transforms import normalise, robust_range, signal_mask
 
@@ -94,7 +94,7 @@ class SRPairs(Dataset):
             raise ValueError("no (volume, task) pair fits the requested scales")
 
     def _prepare(self, volume: np.ndarray, task: Task, slice_axis: int, path: str) -> list[dict]:
-        axes = (slice_axis,) if task.axis == "through" else tuple(a for a in range(3) if a != slice_axis)
+        axes = degraded_axes(task.axis, slice_axis)
         crop = tuple(
             slice(0, (n // task.scale) * task.scale) if a in axes else slice(None) for a, n in enumerate(volume.shape)
         )
@@ -110,7 +110,7 @@ class SRPairs(Dataset):
         intensity = robust_range(low)
         high_n, low_n = normalise(high, intensity), normalise(low, intensity)
         mask = signal_mask(high)
-        normals = [slice_axis] if task.axis == "inplane" else [a for a in range(3) if a != slice_axis]
+        normals = plane_normals(task.axis, slice_axis)
         out = []
         for normal in normals:
             up = interpolate_volume(low_n, task, slice_axis, normal, mode="bicubic")

@@ -27,15 +27,31 @@ def inplane_axes(slice_axis: int) -> tuple[int, int]:
     return tuple(a for a in range(3) if a != slice_axis)  # type: ignore[return-value]
 
 
-def check_fits(shape: tuple[int, ...], scale: int, axes: tuple[int, ...], name: str = "image") -> None:
-    """Raise unless every axis in ``axes`` is a multiple of ``scale`` with at least 2 samples left."""
-    if scale < 1:
-        raise MeddiffError(f"scale must be a positive integer, got {scale}")
+def degraded_axes(axis: str, slice_axis: int) -> tuple[int, ...]:
+    """The axes a task's degradation acts on: both in-plane axes, or the slice axis through-plane."""
+    return inplane_axes(slice_axis) if axis == "inplane" else (slice_axis,)
+
+
+def plane_normals(axis: str, slice_axis: int) -> list[int]:
+    """The plane families a 2.5D model runs on: the slices themselves in-plane; through-plane, the two families
+    of planes that contain the thick axis."""
+    return [slice_axis] if axis == "inplane" else list(inplane_axes(slice_axis))
+
+
+def check_fits(
+    shape: tuple[int, ...], scale: int, axes: tuple[int, ...], name: str = "image", min_low: int = 2
+) -> None:
+    """Raise unless every axis in ``axes`` is a multiple of ``scale`` with at least ``min_low`` samples left: the
+    one fit check for a scale (degrading a high-resolution grid, and the grid an upscale produces; bicubic
+    interpolation needs 4 low-resolution samples). Never crops: a grid the scale does not divide would not map
+    back onto the original, so the user decides how to crop or pad."""
+    if scale < 2:
+        raise MeddiffError(f"--scale must be an integer of 2 or more, got {scale}")
     for a in axes:
-        if shape[a] % scale or shape[a] // scale < 2:
+        if shape[a] % scale or shape[a] // scale < min_low:
             raise MeddiffError(
                 f"scale {scale} does not fit {name} of shape {tuple(shape)}: axis {a} ({shape[a]} voxels) "
-                f"must be a multiple of {scale} with at least {2 * scale} voxels"
+                f"must be a multiple of {scale} with at least {min_low * scale} voxels (crop or pad it first)"
             )
 
 
@@ -89,7 +105,7 @@ def index_map(scale: int, axis: str) -> tuple[float, float]:
 def low_res_affine(affine: np.ndarray, scale: int, axis: str, slice_axis: int = 2) -> np.ndarray:
     """Affine of the degraded volume: high-res affine composed with the index map on degraded axes."""
     a, b = index_map(scale, axis)
-    axes = inplane_axes(slice_axis) if axis == "inplane" else (slice_axis,)
+    axes = degraded_axes(axis, slice_axis)
     index = np.eye(4)
     for ax in axes:
         index[ax, ax] = a

@@ -23,9 +23,16 @@ from meddiffusion.data.sampling import neighbour_stack
 from meddiffusion.diffusion import ConditionalUNet, make_scheduler, sample
 from meddiffusion.errors import MeddiffError
 from meddiffusion.sr.data import Task, from_planes, interpolate_volume, to_planes
-from meddiffusion.sr.degradation import AXES, data_consistency, high_res_affine
+from meddiffusion.sr.degradation import (
+    AXES,
+    check_fits,
+    data_consistency,
+    degraded_axes,
+    high_res_affine,
+    plane_normals,
+)
 from meddiffusion.transforms import denormalise, normalise, robust_range
-from meddiffusion.weights import load_weights, pretrained, weights_hash
+from meddiffusion.weights import check_device, load_weights, pretrained, weights_hash
 
 METHODS = ("diffusion", "unet", "bicubic")
 #: shipped weights folder used by each learned method when ``--weights`` is not given
@@ -58,6 +65,9 @@ class UpscaleOptions:
             raise MeddiffError(f"--scale must be 2 or more, got {self.scale}")
         if self.steps < 1 or self.samples < 1:
             raise MeddiffError("--steps and --samples must be at least 1")
+        if self.batch_size < 1:
+            raise MeddiffError(f"--batch-size must be at least 1, got {self.batch_size}")
+        check_device(self.device)
 
 
 @dataclass
@@ -75,16 +85,6 @@ def default_slice_axis(spacing: tuple[float, ...], axis: str) -> int:
     if axis == "inplane" or np.allclose(spacing, spacing[0], rtol=0.02):
         return 2
     return int(np.argmax(spacing))
-
-
-def _check_fits(shape: tuple[int, ...], options: UpscaleOptions, slice_axis: int) -> None:
-    axes = (slice_axis,) if options.axis == "through" else tuple(a for a in range(3) if a != slice_axis)
-    for a in axes:
-        if shape[a] < 4:
-            raise MeddiffError(
-                f"scale {options.scale} ({options.axis}) does not fit an image of shape {tuple(shape)}: "
-                f"axis {a} has {shape[a]} voxels, at least 4 are needed"
-            )
 
 
 def load_model(options: UpscaleOptions) -> tuple[ConditionalUNet, dict[str, Any], str]:
@@ -111,13 +111,15 @@ def upscale(
     if volume.ndim != 3:
         raise MeddiffError(f"a 3D volume is needed, got shape {volume.shape}")
     slice_axis = default_slice_axis(spacing, options.axis) if options.slice_axis is None else options.slice_axis
-    _check_fits(volume.shape, options, slice_axis)
+    axes = degraded_axes(options.axis, slice_axis)
+    high_shape = tuple(n * options.scale if a in axes else n for a, n in enumerate(volume.shape))
+    check_fits(high_shape, options.scale, axes, f"the {options.scale}x upscaled image", min_low=4)
     task = Task(options.scale, options.axis)
     shift = min(float(volume.min()), 0.0)
     positive = volume.astype(np.float32) - shift
     intensity = robust_range(positive)
     low = normalise(positive, intensity)
-    normals = [slice_axis] if options.axis == "inplane" else [a for a in range(3) if a != slice_axis]
+    normals = plane_normals(options.axis, slice_axis)
     info: dict[str, Any] = {**dataclasses.asdict(options), "slice_axis": slice_axis, "intensity_range": intensity}
 
     if options.method == "bicubic":

@@ -11,18 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
-from meddiffusion.io import check_output, load_image, save_nifti, strip_suffix, write_json
+from meddiffusion.io import check_output, load_image, save_nifti, write_json
+from meddiffusion.paths import sidecar
 from meddiffusion.provenance import provenance
-from meddiffusion.sr.degradation import degrade, low_res_affine
+from meddiffusion.sr.degradation import check_fits, degrade, degraded_axes, low_res_affine
 from meddiffusion.sr.pipeline import UpscaleOptions, UpscaleResult, default_slice_axis, upscale
 
 
 def sidecars(output: str | Path, with_std: bool) -> dict[str, Path]:
-    """Every file ``upscale_file`` writes for ``output``: the volume, its provenance, and the uncertainty map."""
-    stem = strip_suffix(output)
-    paths = {"volume": Path(output), "provenance": stem.with_name(stem.name + ".json")}
+    """Every file ``upscale_file`` writes for ``output``: the volume, its provenance, and the uncertainty map
+    with its own provenance."""
+    paths = {"volume": Path(output), "provenance": sidecar(output)}
     if with_std:
-        paths["std"] = stem.with_name(stem.name + "_std.nii.gz")
+        paths["std"] = sidecar(output, "_std", ".nii.gz")
+        paths["std_provenance"] = sidecar(output, "_std")
     return paths
 
 
@@ -36,13 +38,13 @@ def upscale_file(
     image = load_image(input_path)
     result = upscale(image.data[0].numpy(), image.affine, tuple(image.spacing), options)
     save_nifti(result.volume, result.affine, paths["volume"], force=force)
+    record = provenance(input=str(input_path), output=str(output), options=dataclasses.asdict(options), **_info(result))
     if result.std is not None:
         save_nifti(result.std, result.affine, paths["std"], force=force)
-    write_json(
-        provenance(input=str(input_path), output=str(output), options=dataclasses.asdict(options), **_info(result)),
-        paths["provenance"],
-        force=force,
-    )
+        std_record = {**record, "output": str(paths["std"]), "of": str(output)}
+        std_record["content"] = f"voxel-wise standard deviation over the {options.samples} samples averaged in OUTPUT"
+        write_json(std_record, paths["std_provenance"], force=force)
+    write_json(record, paths["provenance"], force=force)
     return result
 
 
@@ -58,17 +60,15 @@ def degrade_file(
     slice_axis: int | None = None,
     force: bool = False,
 ) -> Path:
-    """Write the low-resolution version of a volume (k-space crop in-plane, thick slices through-plane)
-    with its correct affine; trailing voxels that do not fill a whole low-resolution voxel are cropped."""
+    """Write the low-resolution version of a volume (k-space crop in-plane, thick slices through-plane) with its
+    correct affine. A grid the scale does not divide is refused (``degradation.check_fits``), never cropped."""
     paths = sidecars(output, with_std=False)
     for p in paths.values():
         check_output(p, force)
     image = load_image(input_path)
     volume = image.data[0].numpy()
     slice_axis = default_slice_axis(tuple(image.spacing), axis) if slice_axis is None else slice_axis
-    axes = (slice_axis,) if axis == "through" else tuple(a for a in range(3) if a != slice_axis)
-    crop = tuple(slice(0, (n // scale) * scale) if a in axes else slice(None) for a, n in enumerate(volume.shape))
-    volume = volume[crop]
+    check_fits(volume.shape, scale, degraded_axes(axis, slice_axis), f"{Path(input_path).name}")
     positive = volume - min(float(volume.min()), 0.0)
     low = degrade(positive, scale, axis, slice_axis) + min(float(volume.min()), 0.0)
     path = save_nifti(

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from meddiffusion.config import from_dict, load_yaml, resolve_data_path
 from meddiffusion.data.layouts import CaseFiles, read_dataset
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import check_output, load_subject, save_nifti, strip_suffix, write_json
+from meddiffusion.io import check_output, load_subject, save_nifti, write_json
+from meddiffusion.paths import sidecar, strip_suffix
 from meddiffusion.provenance import file_sha256, provenance
 from meddiffusion.synth.pipeline import LesionRequest, LesionSynthesizer, SynthesisResult
 
@@ -39,8 +40,9 @@ def synthesize_case(
     """Add a lesion to one case; writes one image per modality, the label map and ``<label>.json``."""
     synthesizer = LesionSynthesizer(weights)
     images = modality_outputs(out_image, synthesizer.modalities)
-    sidecar = strip_suffix(out_label).with_name(strip_suffix(out_label).name + ".json")
-    for path in [*images.values(), Path(out_label), sidecar]:
+    records = {m: sidecar(path) for m, path in images.items()}
+    label_record = sidecar(out_label)
+    for path in [*images.values(), *records.values(), Path(out_label), label_record]:
         check_output(path, force)
     missing = [m for m in synthesizer.modalities if m not in case.images]
     if missing:
@@ -48,10 +50,14 @@ def synthesize_case(
     subject = load_subject({m: case.images[m] for m in synthesizer.modalities}, case.label, case_id=case.case_id)
     result = synthesizer.synthesize(subject, request, case.convention, progress=True)
     affine = subject[synthesizer.modalities[0]].affine
+    metadata = _metadata(case, synthesizer, result)
     for m, path in images.items():
         save_nifti(result.images[m], affine, path, force=force)
+        write_json(
+            {**metadata, "output": str(path), "modality": m, "label_map": str(out_label)}, records[m], force=force
+        )
     save_nifti(result.label, affine, out_label, force=force, label=True)
-    write_json(_metadata(case, synthesizer, result), sidecar, force=force)
+    write_json(metadata, label_record, force=force)
     return result
 
 

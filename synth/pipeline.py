@@ -78,7 +78,9 @@ class LesionSynthesizer:
         raw = {m: subject[m].data[0].numpy().astype(np.float32) for m in self.modalities}
         first = subject[self.modalities[0]]
         existing = (
-            to_brats2021(subject[LABEL_KEY].data[0].numpy().round().astype(np.int64), convention).astype(np.uint8)
+            to_brats2021(
+                subject[LABEL_KEY].data[0].numpy().round().astype(np.int64), convention, subject[LABEL_KEY].path
+            ).astype(np.uint8)
             if LABEL_KEY in subject
             else np.zeros(first.spatial_shape, dtype=np.uint8)
         )

@@ -143,7 +143,10 @@ def test_paired_statistics():
     b = a + np.array([0.05, 0.04, 0.06, 0.03, 0.05, 0.04])
     s = paired_comparison(a, b)
     assert s["mean_diff"] == pytest.approx(0.045)
-    assert s["ci95_low"] > 0 and s["ci95_high"] < 0.07
+    # Student's t-interval over the 6 patients: mean +- t(0.975, 5) * sd / sqrt(6)
+    half = 2.5705818 * np.std(b - a, ddof=1) / np.sqrt(6)
+    assert (s["ci95_low"], s["ci95_high"]) == pytest.approx((0.045 - half, 0.045 + half), abs=1e-6)
+    assert "boot_ci95_low" not in s  # too few patients for a bootstrap interval
     assert s["t_pvalue"] < 0.001 and s["wilcoxon_pvalue"] == pytest.approx(0.03125)
     assert s["cohens_dz"] == pytest.approx(0.045 / np.std(b - a, ddof=1))
 
@@ -199,8 +202,13 @@ def test_cli_single_files_and_folder_report(real_crop, tmp_path, capsys):
     assert "| a |" in (tmp_path / "report" / "report.md").read_text()
     with Image.open(tmp_path / "report" / "examples.png") as png:
         assert png.size == (680, 340)
-    stats = compare_csv(tmp_path / "report" / "a_cases.csv", tmp_path / "report" / "b_cases.csv", ["dice"])
-    assert stats["dice"]["mean_diff"] > 0
+    stats, skipped = compare_csv(tmp_path / "report" / "a_cases.csv", tmp_path / "report" / "b_cases.csv", ["dice"])
+    assert stats["dice"]["mean_diff"] > 0 and not skipped
+    # a second report into the same folder needs --force, and leaves the first one untouched
+    before = (tmp_path / "report" / "summary.json").read_bytes()
+    with pytest.raises(MeddiffError, match="exists already"):
+        evaluate_folders("seg", [tmp_path / "a"], tmp_path / "ref", tmp_path / "report", convention=None)
+    assert (tmp_path / "report" / "summary.json").read_bytes() == before
     # image-quality file mode, and a mismatched grid is a clear error
     t1 = real_crop["t1"]
     assert main(["eval", "sr", "--pred", str(t1), "--ref", str(t1)]) == 0

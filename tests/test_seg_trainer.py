@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from meddiffusion.cli import main
 from meddiffusion.data.labels import to_brats2021
-from meddiffusion.data.layouts import read_dataset
+from meddiffusion.data.layouts import input_case, read_dataset
 from meddiffusion.data.prepare import brain_normalise, load_case
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image
@@ -20,7 +20,7 @@ from meddiffusion.segmentation.ablation import summary_table, with_overrides
 from meddiffusion.segmentation.baselines import fit_threshold, predict_threshold
 from meddiffusion.segmentation.coding import classes_to_labels, classes_to_regions, decode, labels_to_classes
 from meddiffusion.segmentation.data import SegPatches
-from meddiffusion.segmentation.predict import Segmenter, input_case, predict_case
+from meddiffusion.segmentation.predict import Segmenter, predict_case
 from meddiffusion.segmentation.train import load_seg_config, run_training
 from meddiffusion.training import CHECKPOINT
 from meddiffusion.weights import WEIGHTS_FILE, pretrained

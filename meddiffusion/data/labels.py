@@ -7,6 +7,8 @@ Regions: whole tumour (WT), tumour core (TC), enhancing tumour (ET).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from meddiffusion.errors import MeddiffError
@@ -31,14 +33,26 @@ def region_masks(label: np.ndarray, convention: str = "brats2021") -> dict[str, 
     return {name: np.isin(label, values) for name, values in REGIONS[convention].items()}
 
 
-def to_brats2021(label: np.ndarray, convention: str) -> np.ndarray:
-    """Relabel a map to BraTS 2021 numbers; unknown labels are an error, not silently dropped."""
+def check_labels(label: np.ndarray, convention: str, source: str | Path | None = None) -> None:
+    """Raise, naming ``source`` (the file), if ``label`` holds values outside ``convention``: such voxels would
+    belong to no region and vanish from training and scores without a word."""
     mapping = TO_BRATS2021.get(convention)
     if mapping is None:
         raise MeddiffError(f"unknown label convention {convention!r}; use one of {', '.join(TO_BRATS2021)}")
     present = set(np.unique(label).astype(int).tolist())
     if unknown := present - set(mapping):
-        raise MeddiffError(f"labels {sorted(unknown)} are not part of the {convention} convention")
+        counts = ", ".join(f"{v}: {int((label == v).sum())} voxels" for v in sorted(unknown))
+        raise MeddiffError(
+            f"label values {sorted(unknown)} ({counts}) are not part of the {convention} convention "
+            f"(its labels: {sorted(mapping)})",
+            source,
+        )
+
+
+def to_brats2021(label: np.ndarray, convention: str, source: str | Path | None = None) -> np.ndarray:
+    """Relabel a map to BraTS 2021 numbers; unknown labels are an error naming ``source``, not silently dropped."""
+    check_labels(label, convention, source)
+    mapping = TO_BRATS2021[convention]
     lut = np.zeros(max(mapping) + 1, dtype=np.int16)
     for src, dst in mapping.items():
         lut[src] = dst

@@ -13,13 +13,15 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torchio as tio
 
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import image_suffix, load_subject
+from meddiffusion.io import load_subject
+from meddiffusion.paths import image_suffix, strip_suffix
 
 LAYOUTS = ("brats2021", "brats2023", "nnunet", "list")
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -119,6 +121,18 @@ def read_case(folder: str | Path) -> CaseFiles:
         f"no modality files named {folder.name}_<t1|t1ce|t2|flair>.nii.gz or {folder.name}-<t1n|t1c|t2w|t2f>.nii.gz",
         folder,
     )
+
+
+def input_case(path: str | Path | None, files: Mapping[str, str | Path | None]) -> CaseFiles:
+    """The case to segment: a case folder, or files given per modality (the files win over the folder's)."""
+    given = {m: Path(f) for m, f in files.items() if f}
+    if unknown := sorted(set(given) - set(MODALITIES)):
+        raise MeddiffError(f"unknown modality {', '.join(unknown)}; use {', '.join(MODALITIES)}")
+    if path is None and not given:
+        raise MeddiffError("give a case folder or one file per modality (--flair F --t1ce F ...)")
+    case = read_case(path) if path is not None else CaseFiles(strip_suffix(next(iter(given.values()))).name, {})
+    case.images.update(given)
+    return case
 
 
 def _read_brats2021(root: Path) -> list[CaseFiles]:

@@ -47,7 +47,7 @@ def prepare_subject(subject: tio.Subject, convention: str | None, spacing: Seque
         )
     if LABEL_KEY in subject:
         label = subject[LABEL_KEY]
-        mapped = to_brats2021(label.data[0].numpy().round().astype(np.int64), convention or "brats2021")
+        mapped = to_brats2021(label.data[0].numpy().round().astype(np.int64), convention or "brats2021", label.path)
         entries[LABEL_KEY] = tio.LabelMap(tensor=torch.from_numpy(mapped.astype(np.int16))[None], affine=label.affine)
     prepared = tio.Subject(**entries)
     prepared["case_id"] = subject.get("case_id", "case")
