@@ -7,7 +7,7 @@ Cross-validation (``meddiff seg ablate``, continued if ``--runs`` holds finished
 ``segmentation/variants.py`` on the same k folds (by patient) and seeds, configs/seg_dualpath.yaml with
 ``--steps`` training steps per fold; metrics on each held-out case on its original grid. Writes
 ``seg_cv_table.md`` and ``seg_cv_per_case.csv``. Timing (this machine, 2 threads, nothing else running): seconds
-per training step (batch 8 of 64 x 64, 2.5D, FLAIR + T1c) and per predicted 240 x 240 x 155 volume with the
+per training step (the config's batch and patch, 2.5D, four modalities) and per predicted 240 x 240 x 155 volume with the
 shipped weights, and each measurement's peak resident memory (its own process). Writes ``seg_timing.json``.
 """
 
@@ -26,15 +26,13 @@ CONFIG = ROOT / "configs" / "seg_dualpath.yaml"
 PAT0006 = ROOT.parent / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_pat0006_1"
 
 
-def cross_validation(runs: Path, steps: int, folds: int, out: Path, rescore_saved: bool, finished_only: bool) -> None:
+def cross_validation(runs: Path, steps: int, folds: int, out: Path, finished_only: bool) -> None:
     from meddiffusion.eval.report import write_csv
-    from meddiffusion.segmentation.ablation import cross_validate, rescore, summary_table
+    from meddiffusion.segmentation.ablation import cross_validate, summary_table
     from meddiffusion.segmentation.train import load_seg_config
     from meddiffusion.segmentation.variants import VARIANTS
 
     config = load_seg_config(CONFIG, {"train.steps": steps})
-    if rescore_saved:
-        rescore(sorted(runs.glob("*/fold*/metrics.json")), config.data.modalities, config.data.data)
     if finished_only:  # report the folds that have finished, train nothing
         rows = [r for path in sorted(runs.glob("*/fold*/metrics.json")) for r in json.loads(path.read_text())]
         rows.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["fold"]))
@@ -51,15 +49,16 @@ def _train_steps(model: str, queue) -> None:
     from meddiffusion.data.layouts import read_dataset
     from meddiffusion.data.prepare import load_case
     from meddiffusion.segmentation.data import SegPatches
-    from meddiffusion.segmentation.models import build_network
-    from meddiffusion.segmentation.train import load_seg_config, make_loss
+    from meddiffusion.segmentation.models import build_from_weights_config
+    from meddiffusion.segmentation.train import load_seg_config, make_loss, weights_config
 
     torch.set_num_threads(2)
     config = load_seg_config(CONFIG, {"network.model": model})
-    case = read_dataset(config.data.data)[0]
-    patches = SegPatches([load_case(case, config.data.modalities, None)], 64, 1, 0.5, True)
-    net = build_network(config.network, 6, 4)
-    loss_fn, _ = make_loss(config.loss)
+    case = read_dataset(config.data.data)[-1]  # a four-modality BraTS 2018 case
+    patch = config.data.patch_size
+    patches = SegPatches([load_case(case, config.data.modalities, None)], patch, 1, 0.5, True)
+    net = build_from_weights_config(weights_config(config))
+    loss_fn, _ = make_loss(config.loss, config.network.output)
     optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
     times = []
     for step in range(13):
@@ -121,13 +120,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
     parser.add_argument("--only-timing", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
-    parser.add_argument("--rescore", action="store_true", help="score saved fold predictions again (post-processing)")
     parser.add_argument("--finished-only", action="store_true", help="tabulate finished folds only; train nothing")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.only_timing:
-        cross_validation(Path(args.runs), args.steps, args.folds, out, args.rescore, args.finished_only)
+        cross_validation(Path(args.runs), args.steps, args.folds, out, args.finished_only)
     if not args.no_timing:
         timing(out)
 

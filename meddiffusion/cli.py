@@ -326,14 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     up = sr.add_parser("upscale", help="super-resolve a volume")
     up.add_argument("input")
     up.add_argument("output", help="output NIfTI (.nii.gz); OUTPUT.json records how it was made")
-    up.add_argument("--scale", type=int, default=2, choices=[2, 4])
+    up.add_argument("--scale", type=int, default=2, choices=[2, 4], help="upscaling factor (default: 2)")
     up.add_argument(
         "--axis",
         default="inplane",
         choices=["inplane", "through"],
         help="inplane: k-space crop on both in-plane axes; through: thick slices (see README)",
     )
-    up.add_argument("--method", default="diffusion", choices=["diffusion", "unet", "bicubic"])
+    up.add_argument(
+        "--method", default="diffusion", choices=["diffusion", "unet", "bicubic"], help="default: diffusion"
+    )
     up.add_argument(
         "--steps",
         type=int,

@@ -8,6 +8,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image, voxel_volume_ml
 
 MAX_LABELS = 64
@@ -25,6 +26,12 @@ def describe(path: str | Path, label: bool | None = None) -> dict[str, Any]:
     image = load_image(path)
     stored_dtype = _stored_dtype(Path(path))
     data = image.data[0].numpy()
+    if label and not looks_like_label(data):
+        raise MeddiffError(
+            f"--label: this is not a label map ({np.unique(data).size} distinct values, range {data.min():g} .. "
+            f"{data.max():g}; a label map holds at most {MAX_LABELS} non-negative integers)",
+            path,
+        )
     is_label = looks_like_label(data) if label is None else label
     info: dict[str, Any] = {
         "file": str(path),

@@ -151,15 +151,22 @@ def save_nifti(
     force: bool = False,
     label: bool = False,
 ) -> Path:
-    """Write a 3D array as NIfTI with ``affine`` (qform and sform), atomically."""
+    """Write a 3D array as NIfTI with ``affine``, atomically.
+
+    The affine goes into the sform, and into the qform when a qform can hold it. A sheared (non-orthogonal) affine
+    cannot be a qform: nibabel would store an orthogonalised one that ITK-based readers (SimpleITK, TorchIO, ITK-SNAP)
+    prefer, so the written grid would move. Then the qform is left unset, every reader takes the sform, and the
+    shear is kept exactly."""
     path = check_output(path, force)
     if image_suffix(path) not in NIFTI_SUFFIXES:
         raise MeddiffError("output must end in .nii or .nii.gz", path)
     array = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
     array = array.astype(np.int16 if label else np.float32)
     image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
-    image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    if not np.allclose(image.get_qform(), affine, atol=1e-4):
+        image.set_qform(None, code=0)
     return atomic_write(path, lambda tmp: nib.save(image, tmp))
 
 

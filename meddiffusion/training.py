@@ -141,15 +141,17 @@ def train(
         drop_last=True,
     )
     loader = accelerator.prepare(loader)
-    # noise differs between processes (and continues after a resume) but is fixed by the seed
-    generator = torch.Generator(device=accelerator.device).manual_seed(
-        seed * 1_000_003 + step + 7919 * accelerator.process_index
-    )
+    # the loss's randomness (diffusion noise, timesteps) is reseeded for every micro-batch from (seed, micro-batch,
+    # process): it differs between processes, and a resumed run draws exactly what an uninterrupted one would
+    generator = torch.Generator(device=accelerator.device)
+    micro_batch = step * config.gradient_accumulation
     writer = _tensorboard(run_dir) if accelerator.is_main_process else None
     bar = tqdm(total=config.steps, initial=step, desc="train", disable=not accelerator.is_main_process)
     started, running, extras = time.time(), [], defaultdict(list)
     model.train()
     for batch in loader:
+        generator.manual_seed(seed * 1_000_003 + 7919 * micro_batch + accelerator.process_index)
+        micro_batch += 1
         with accelerator.accumulate(model):
             loss = loss_fn(model, batch, generator)
             if isinstance(loss, tuple):

@@ -2,9 +2,10 @@
 # Install with the test extra and run ruff and the test suite. pytest's exit code 5 (no tests) fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh || exit 1
-python3 -m ruff check . || exit 1
-python3 -m pytest -q -p no:cacheprovider tests
+MEDDIFF_EXTRAS="test,train" bash scripts/install.sh || exit 1
+py="${VIRTUAL_ENV:-$PWD/.venv}/bin/python"
+"$py" -m ruff check . || exit 1
+"$py" -m pytest -q -p no:cacheprovider tests
 code=$?
 if [ "$code" -eq 5 ]; then
   echo "pytest collected no tests: failing" >&2

@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 
 from meddiffusion.config import with_defaults
-from meddiffusion.data.labels import region_masks, to_brats2021
-from meddiffusion.data.layouts import CaseFiles, read_dataset
+from meddiffusion.data.labels import region_masks
+from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.prepare import brain_normalise
 from meddiffusion.data.splits import kfold_splits
 from meddiffusion.errors import MeddiffError
+from meddiffusion.eval.cases import METRICS, evaluate_cases, reference_label
 from meddiffusion.eval.report import write_csv
-from meddiffusion.eval.segmentation import evaluate_segmentation
 from meddiffusion.eval.stats import paired_comparison
-from meddiffusion.io import LABEL_KEY, load_image, load_subject, modality_names, save_nifti, write_json
+from meddiffusion.io import write_json
 from meddiffusion.provenance import provenance
 from meddiffusion.segmentation.baselines import fit_threshold, predict_threshold
 from meddiffusion.segmentation.predict import Segmenter, postprocess
@@ -34,27 +34,10 @@ from meddiffusion.segmentation.train import SegTrainConfig, run_training
 from meddiffusion.segmentation.variants import VARIANTS
 from meddiffusion.weights import WEIGHTS_FILE
 
-METRICS = [f"{r}_{m}" for r in ("WT", "TC", "ET") for m in ("dice", "hd95", "sensitivity", "specificity")]
-LESION_METRICS = [
-    "lesion_sensitivity",
-    "lesion_sensitivity_<1mL",
-    "lesion_sensitivity_1-10mL",
-    "n_lesions_<1mL",
-    "false_positives",
-]
-
 
 def with_overrides(config: SegTrainConfig, overrides: dict[str, Any]) -> SegTrainConfig:
     """A validated copy of ``config`` with ``section.key`` values replaced."""
     return with_defaults(SegTrainConfig, dataclasses.asdict(config), overrides, "<variant>")
-
-
-def reference_label(case: CaseFiles, modalities: Sequence[str]):
-    """The case's subject (those of ``modalities`` it has) and its expert label in the BraTS 2021 convention."""
-    present = {m: case.images[m] for m in modalities if m in case.images}
-    subject = load_subject(present, case.label, case_id=case.case_id)
-    label = to_brats2021(subject[LABEL_KEY].data[0].numpy().round().astype(np.int64), case.convention, case.label)
-    return subject, label
 
 
 def cross_validate(
@@ -109,41 +92,6 @@ def _fold(config, variant, fold, train_ids, test_ids, cases, run: Path) -> list[
     write_json(provenance(variant=variant, fold=fold, train=train_ids, test=test_ids, **info), run / "provenance.json")
     write_json(rows, done)
     return rows
-
-
-def evaluate_cases(predict, cases: dict[str, CaseFiles], test_ids, pred_dir: Path, modalities) -> list[dict[str, Any]]:
-    """Predict every test case on its own grid, save it, and score it against its expert label (BraTS 2021)."""
-    pred_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for case_id in test_ids:
-        subject, label = reference_label(cases[case_id], modalities)
-        rows.append({"case_id": case_id, **_save_and_score(predict(subject), subject, label, pred_dir, modalities)})
-    return rows
-
-
-def _save_and_score(pred, subject, label, pred_dir: Path, modalities) -> dict[str, float]:
-    """Write the prediction beside the run and return its metrics (the table's columns)."""
-    reference = subject[modality_names(subject)[0]]
-    path = pred_dir / f"{subject['case_id']}.nii.gz"
-    save_nifti(pred.astype(np.uint8), reference.affine, path, force=True, label=True)
-    metrics = evaluate_segmentation(pred, label, tuple(reference.spacing), "brats2021")
-    return {k: metrics[k] for k in (*METRICS, *LESION_METRICS)}
-
-
-def rescore(finished: Sequence[Path], modalities: Sequence[str], data: str, layout: str | None = None) -> None:
-    """Score the saved predictions beside each ``metrics.json`` again with the current ``postprocess`` and
-    save them post-processed (idempotent: predictions made before it existed end as a fresh run would make them)."""
-    cases = {c.case_id: c for c in read_dataset(data, layout) if c.label is not None}
-    for done in finished:
-        rows = json.loads(done.read_text())
-        fresh = []
-        for row in rows:
-            subject, label = reference_label(cases[row["case_id"]], modalities)
-            saved = load_image(done.parent / "pred" / f"{row['case_id']}.nii.gz", label=True).data[0].numpy()
-            fresh.append(
-                {**row, **_save_and_score(postprocess(saved), subject, label, done.parent / "pred", modalities)}
-            )
-        write_json(fresh, done)
 
 
 def _mean_sd(values: Sequence[float]) -> str:

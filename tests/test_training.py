@@ -48,18 +48,22 @@ def test_diffusion_objective_trains(pairs, tmp_path):
     assert after < before
 
 
-def test_resume_restores_optimizer_and_continues_identically(pairs, tmp_path):
+@pytest.mark.parametrize("diffusion", [False, True])
+def test_resume_restores_optimizer_and_continues_identically(pairs, tmp_path, diffusion):
+    """Also for the diffusion objective, whose noise and timesteps come from the loop's generator: a resumed run
+    draws the same noise at each step as an uninterrupted one (it drew different noise before)."""
+    loss_fn = diffusion_loss(make_scheduler("ddpm")) if diffusion else regression_loss
     config = TrainConfig(steps=6, batch_size=4, learning_rate=1e-3, warmup_steps=0, checkpoint_every=3, ema_decay=0.9)
-    straight = train(_small_model(False), pairs, regression_loss, config, tmp_path / "a", seed=1)
+    straight = train(_small_model(diffusion), pairs, loss_fn, config, tmp_path / "a", seed=1)
 
     # stop after 3 steps, as if the process died right after the checkpoint at step 3
-    train(_small_model(False), pairs, regression_loss, config, tmp_path / "b", seed=1, stop_at=3)
+    train(_small_model(diffusion), pairs, loss_fn, config, tmp_path / "b", seed=1, stop_at=3)
     ckpt = tmp_path / "b" / "checkpoint"
     assert (ckpt / "trainer_state.json").read_text() == '{"step": 3}'
     state = torch.load(ckpt / "optimizer.bin", weights_only=False)
     assert state["state"] and all(int(s["step"]) == 3 for s in state["state"].values())
     with pytest.raises(MeddiffError, match="--resume"):
-        train(_small_model(False), pairs, regression_loss, config, tmp_path / "b", seed=1)
-    resumed = train(_small_model(False), pairs, regression_loss, config, tmp_path / "b", seed=1, resume=True)
+        train(_small_model(diffusion), pairs, loss_fn, config, tmp_path / "b", seed=1)
+    resumed = train(_small_model(diffusion), pairs, loss_fn, config, tmp_path / "b", seed=1, resume=True)
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name

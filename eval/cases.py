@@ -1,0 +1,60 @@
+"""Scoring held-out cases: predict each on its own grid, save the prediction, score it against the case's expert
+label mapped to BraTS 2021. Cross-validation, ablations and the augmentation study all score here, so their
+numbers are comparable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torchio as tio
+from tqdm.auto import tqdm
+
+from meddiffusion.data.labels import to_brats2021
+from meddiffusion.data.layouts import CaseFiles
+from meddiffusion.eval.segmentation import evaluate_segmentation
+from meddiffusion.io import LABEL_KEY, load_subject, modality_names, save_nifti
+
+METRICS = [f"{r}_{m}" for r in ("WT", "TC", "ET") for m in ("dice", "hd95", "sensitivity", "specificity")]
+LESION_METRICS = [
+    "lesion_sensitivity",
+    "lesion_sensitivity_<1mL",
+    "lesion_sensitivity_1-10mL",
+    "n_lesions_<1mL",
+    "false_positives",
+]
+
+
+def reference_label(case: CaseFiles, modalities: Sequence[str]) -> tuple[tio.Subject, np.ndarray]:
+    """The case's subject (those of ``modalities`` it has) and its expert label in the BraTS 2021 convention."""
+    present = {m: case.images[m] for m in modalities if m in case.images}
+    subject = load_subject(present, case.label, case_id=case.case_id)
+    label = to_brats2021(subject[LABEL_KEY].data[0].numpy().round().astype(np.int64), case.convention, case.label)
+    return subject, label
+
+
+def evaluate_cases(
+    predict: Callable[[tio.Subject], np.ndarray],
+    cases: dict[str, CaseFiles],
+    test_ids: Sequence[str],
+    pred_dir: Path,
+    modalities: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Predict every test case on its own grid, save it, and score it against its expert label (BraTS 2021)."""
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case_id in tqdm(test_ids, desc="predict and score", leave=False):
+        subject, label = reference_label(cases[case_id], modalities)
+        rows.append({"case_id": case_id, **_save_and_score(predict(subject), subject, label, pred_dir)})
+    return rows
+
+
+def _save_and_score(pred: np.ndarray, subject: tio.Subject, label: np.ndarray, pred_dir: Path) -> dict[str, float]:
+    """Write the prediction beside the run and return its metrics (the table's columns)."""
+    reference = subject[modality_names(subject)[0]]
+    path = pred_dir / f"{subject['case_id']}.nii.gz"
+    save_nifti(pred.astype(np.uint8), reference.affine, path, force=True, label=True)
+    metrics = evaluate_segmentation(pred, label, tuple(reference.spacing), "brats2021")
+    return {k: metrics[k] for k in (*METRICS, *LESION_METRICS)}
