@@ -7,8 +7,9 @@ Cross-validation (``meddiff seg ablate``, continued if ``--runs`` holds finished
 ``segmentation/variants.py`` on the same k folds (by patient) and seeds, configs/seg_dualpath.yaml with
 ``--steps`` training steps per fold; metrics on each held-out case on its original grid. Writes
 ``seg_cv_table.md`` and ``seg_cv_per_case.csv``. Timing (this machine, 2 threads, nothing else running): seconds
-per training step (the config's batch and patch, 2.5D, four modalities) and per predicted 240 x 240 x 155 volume with the
-shipped weights, and each measurement's peak resident memory (its own process). Writes ``seg_timing.json``.
+per training step (the config's batch and patch, 2.5D, four modalities) and per predicted 240 x 240 x 155
+volume with the shipped weights, and each measurement's peak resident memory (its own process). Writes
+``seg_timing.json``.
 """
 
 from __future__ import annotations

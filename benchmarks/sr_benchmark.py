@@ -25,7 +25,7 @@ from meddiffusion.eval.image import hfen, lpips_or_reason, psnr, ssim
 from meddiffusion.io import load_image
 from meddiffusion.sample_data import embedded_case
 from meddiffusion.sr.degradation import degrade, low_res_affine
-from meddiffusion.sr.pipeline import UpscaleOptions, upscale
+from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions
 from meddiffusion.transforms import head_mask
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_pat0006_1"
@@ -105,11 +105,10 @@ def run(args: argparse.Namespace) -> dict:
             low = degrade(ref, scale, axis)
             rows = methods(task, full=task == "inplane4" and not args.quick)
             for row, overrides in rows[:5] if args.quick else rows:
-                options = UpscaleOptions(scale=scale, axis=axis, progress=False, seed=0, **overrides)
-                if options.method != "bicubic":
-                    options.weights = weights[options.method]
+                pipeline, rest = _pipeline(overrides, weights)
+                options = UpscaleOptions(scale=scale, axis=axis, progress=False, seed=0, **rest)
                 started = time.perf_counter()
-                out = upscale(low, low_res_affine(affine, scale, axis), (1.0, 1.0, 1.0), options)
+                out = pipeline.upscale(low, low_res_affine(affine, scale, axis), (1.0, 1.0, 1.0), options)
                 seconds = time.perf_counter() - started
                 entry = {**score(out.volume, ref, mask, data_range), "seconds": seconds}
                 results["tasks"].setdefault(task, {}).setdefault(row, {})[name] = entry
@@ -122,6 +121,13 @@ def run(args: argparse.Namespace) -> dict:
                 results["lpips"] = lpips_or_reason(ref, ref, data_range)
     results["timing"] = timing(weights) if args.timing else None
     return results
+
+
+def _pipeline(overrides: dict, weights: dict[str, str]) -> tuple[SRPipeline, dict]:
+    """The row's pipeline (its ``method`` with the benchmarked weights) and its remaining upscale options."""
+    rest = dict(overrides)
+    method = rest.pop("method")
+    return SRPipeline.for_method(method, weights.get(method)), rest
 
 
 def timing(weights: dict[str, str]) -> dict[str, float]:
@@ -140,11 +146,9 @@ def timing(weights: dict[str, str]) -> dict[str, float]:
         ("diffusion 4 steps", {"method": "diffusion", "steps": 4}),
         ("diffusion 1 step", {"method": "diffusion", "steps": 1}),
     ):
-        options = UpscaleOptions(scale=2, progress=False, **overrides)
-        if options.method != "bicubic":
-            options.weights = weights[options.method]
+        pipeline, rest = _pipeline(overrides, weights)
         started = time.perf_counter()
-        upscale(low, np.eye(4), (2.0, 2.0, 1.0), options)
+        pipeline.upscale(low, np.eye(4), (2.0, 2.0, 1.0), UpscaleOptions(scale=2, progress=False, **rest))
         out[row] = time.perf_counter() - started
         print(f"timing 256x256x155 @2x {row}: {out[row]:.1f} s", flush=True)
     return out

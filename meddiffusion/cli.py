@@ -83,8 +83,8 @@ def _sr_train(args: argparse.Namespace) -> int:
         overrides["train.steps"] = args.steps
     if args.mixed_precision is not None:
         overrides["train.mixed_precision"] = args.mixed_precision
-    config, path = load_sr_config(args.config, overrides)
-    folder = run_training(config, path, Path(args.out), resume=args.resume, stop_at=args.stop_at)
+    config = load_sr_config(args.config, overrides)
+    folder = run_training(config, Path(args.out), resume=args.resume, stop_at=args.stop_at)
     print(f"weights written to {folder}")
     return 0
 
@@ -92,13 +92,12 @@ def _sr_train(args: argparse.Namespace) -> int:
 def _sr_upscale(args: argparse.Namespace) -> int:
     check_input_file(args.input)
     check_output(args.output, args.force)
-    from meddiffusion.sr.pipeline import UpscaleOptions
+    from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions
     from meddiffusion.sr.run import upscale_file
 
     options = UpscaleOptions(
         scale=args.scale,
         axis=args.axis,
-        method=args.method,
         steps=args.steps,
         samples=args.samples,
         sampler=args.sampler,
@@ -106,11 +105,10 @@ def _sr_upscale(args: argparse.Namespace) -> int:
         slice_axis=args.slice_axis,
         seed=args.seed,
         batch_size=args.batch_size,
-        device=args.device,
-        weights=args.weights,
     )
-    result = upscale_file(args.input, args.output, options, force=args.force)
-    print(f"wrote {args.output} (shape {' x '.join(map(str, result.volume.shape))})")
+    pipeline = SRPipeline.for_method(args.method, args.weights, args.device)
+    result = upscale_file(args.input, args.output, pipeline, options, force=args.force)
+    print(f"wrote {args.output} (shape {' x '.join(map(str, result['image'].spatial_shape))})")
     return 0
 
 

@@ -75,11 +75,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data or {}
 
 
-def load_config(cls: type[T], path: str | Path) -> T:
-    """Load and validate a YAML config file into ``cls``."""
-    return from_dict(cls, load_yaml(path), path)
-
-
 def with_defaults(cls: type[T], data: dict[str, Any], overrides: dict[str, Any] | None = None, source: Any = None) -> T:
     """``cls``'s defaults, updated section by section by ``data`` (a loaded YAML) and then by ``section.key``
     overrides (command-line flags), validated. A partial section keeps the defaults of the keys it omits."""
@@ -128,3 +123,24 @@ def config_record(config: Any, folder: str | Path) -> dict[str, Any]:
         return value
 
     return walk(dataclasses.asdict(config))
+
+
+def load_train_config(
+    cls: type[T],
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    path_keys: tuple[tuple[str, str], ...] = (),
+) -> T:
+    """The one config loader of the trainers: ``cls``'s defaults, updated by a YAML file and then by
+    ``section.key`` overrides (command-line flags), validated. The data paths at ``path_keys`` (a path or a list
+    of paths) are resolved relative to the file that names them (``resolve_data_path``); override paths are taken
+    as given (the command line resolves them against the working directory)."""
+    raw = load_yaml(path) if path else {}
+    base = Path(path).resolve().parent if path else None
+    for section, key in path_keys:
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str) and value:
+            raw[section][key] = str(resolve_data_path(value, base))
+        elif isinstance(value, list):
+            raw[section][key] = [str(resolve_data_path(v, base)) for v in value]
+    return with_defaults(cls, raw, overrides, path)

@@ -20,7 +20,7 @@ from meddiffusion.plotting import save_figure, subplots
 from meddiffusion.provenance import provenance
 from meddiffusion.sample_data import embedded_case
 from meddiffusion.sr.degradation import degrade, low_res_affine
-from meddiffusion.sr.pipeline import UpscaleOptions, upscale
+from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions
 from meddiffusion.transforms import head_mask
 
 OUTPUTS = (
@@ -70,15 +70,9 @@ def run_demo(
     results = {}
     for method in ("bicubic", "unet", "diffusion"):
         options = UpscaleOptions(
-            scale=scale,
-            axis="inplane",
-            method=method,
-            steps=steps,
-            samples=samples if method == "diffusion" else 1,
-            seed=seed,
-            device=device,
+            scale=scale, axis="inplane", steps=steps, samples=samples if method == "diffusion" else 1, seed=seed
         )
-        results[method] = upscale(low, low_affine, spacing, options)
+        results[method] = SRPipeline.for_method(method, device=device).upscale(low, low_affine, spacing, options)
 
     mask = head_mask(reference)
     data_range = float(reference[mask].max() - reference[mask].min())

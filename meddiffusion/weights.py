@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from meddiffusion.diffusion.network import ConditionalUNet, NetworkConfig
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import atomic_write, write_json
 from meddiffusion.provenance import file_sha256, provenance
@@ -56,19 +55,28 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise MeddiffError(f"invalid JSON ({exc})", path) from exc
 
 
+#: task name in a weights config -> what a user would call those weights (for the error message)
+TASKS = {"sr": "super-resolution", "segmentation": "segmentation", "synth": "lesion-synthesis"}
+
+
 def load_weights(
     folder: str | Path,
+    task: str,
+    build: Callable[[dict[str, Any]], torch.nn.Module],
     device: str | torch.device = "cpu",
-    build: Callable[[dict[str, Any]], torch.nn.Module] | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Build the network from ``config.json`` and load its weights; returns (model in eval mode, config).
-
-    ``build`` makes the network from the whole config (default: the conditional diffusion UNet).
-    """
+    """Build the network from ``config.json`` with ``build`` (the family's builder, the one its trainer uses)
+    and load its weights; returns (model in eval mode, config). Weights of another ``task`` are refused before
+    anything is built: the one place every family checks it."""
     folder = Path(folder)
     config = read_config(folder)
+    if config.get("task") != task:
+        raise MeddiffError(
+            f"these are {TASKS.get(config.get('task'), repr(config.get('task')))} weights, not {TASKS[task]} weights",
+            folder,
+        )
     try:
-        model = build(config) if build else ConditionalUNet(NetworkConfig(**config["network"]))
+        model = build(config)
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise MeddiffError(f"weights do not match their config ({exc})", folder) from exc

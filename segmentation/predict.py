@@ -28,7 +28,7 @@ from meddiffusion.provenance import provenance
 from meddiffusion.segmentation.coding import activate, decode
 from meddiffusion.segmentation.data import PLANE_AXIS
 from meddiffusion.segmentation.models import build_from_weights_config
-from meddiffusion.weights import load_weights, pretrained, read_config, weights_hash
+from meddiffusion.weights import load_weights, pretrained, weights_hash
 
 SHIPPED = "seg-dualpath"
 
@@ -105,9 +105,7 @@ class Segmenter:
     def from_pretrained(cls, folder: str | Path | None = None, device: str = "cpu") -> Segmenter:
         """Load a weights folder (default: the shipped ``seg-dualpath``)."""
         folder = Path(folder) if folder else pretrained(SHIPPED)
-        if read_config(folder).get("task") != "segmentation":
-            raise MeddiffError("these are not segmentation weights", folder)
-        model, config = load_weights(folder, device, build=build_from_weights_config)
+        model, config = load_weights(folder, "segmentation", build_from_weights_config, device)
         return cls(model, config, folder)
 
     @property

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torchio as tio
 
-from meddiffusion.config import config_record, load_yaml, resolve_data_path, with_defaults
+from meddiffusion.config import config_record, load_train_config
 from meddiffusion.data.labels import region_masks
 from meddiffusion.data.layouts import CaseFiles, read_dataset
 from meddiffusion.data.prepare import load_case
@@ -107,14 +107,7 @@ class SegTrainConfig:
 
 def load_seg_config(path: str | Path | None, overrides: dict | None = None) -> SegTrainConfig:
     """The defaults, updated by a YAML file (paths relative to it) and by ``section.key`` overrides."""
-    raw = load_yaml(path) if path else {}
-    base = Path(path).resolve().parent if path else None
-    data = raw.get("data", {})
-    if data.get("data"):
-        data["data"] = str(resolve_data_path(data["data"], base))
-    if data.get("synthetic"):
-        data["synthetic"] = [str(resolve_data_path(p, base)) for p in data["synthetic"]]
-    return with_defaults(SegTrainConfig, raw, overrides, path)
+    return load_train_config(SegTrainConfig, path, overrides, (("data", "data"), ("data", "synthetic")))
 
 
 def training_cases(config: SegDataConfig) -> tuple[list[CaseFiles], list[CaseFiles]]:

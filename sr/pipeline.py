@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchio as tio
 from monai.inferers import sliding_window_inference
 from tqdm.auto import tqdm
 
 from meddiffusion.data.sampling import neighbour_stack
-from meddiffusion.diffusion import ConditionalUNet, make_scheduler, sample
+from meddiffusion.diffusion import ConditionalUNet, build_diffusion_network, make_scheduler, sample
 from meddiffusion.errors import MeddiffError
 from meddiffusion.sr.data import Task, from_planes, interpolate_volume, to_planes
 from meddiffusion.sr.degradation import (
@@ -41,9 +42,10 @@ SHIPPED = {"diffusion": "sr-diffusion", "unet": "sr-unet"}
 
 @dataclass
 class UpscaleOptions:
+    """How to upscale (per call); which model is the pipeline's (``SRPipeline.from_pretrained``)."""
+
     scale: int = 2
     axis: str = "inplane"
-    method: str = "diffusion"
     steps: int = 1  # measured best with the shipped weights (docs/benchmarks.md)
     samples: int = 1
     sampler: str = "ddim"
@@ -52,22 +54,17 @@ class UpscaleOptions:
     seed: int = 0
     batch_size: int = 8
     tile: int = 256
-    device: str = "cpu"
-    weights: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.axis not in AXES:
             raise MeddiffError(f"--axis must be one of {', '.join(AXES)}, got {self.axis!r}")
-        if self.method not in METHODS:
-            raise MeddiffError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.scale < 2:
             raise MeddiffError(f"--scale must be 2 or more, got {self.scale}")
         if self.steps < 1 or self.samples < 1:
             raise MeddiffError("--steps and --samples must be at least 1")
         if self.batch_size < 1:
             raise MeddiffError(f"--batch-size must be at least 1, got {self.batch_size}")
-        check_device(self.device)
 
 
 @dataclass
@@ -87,56 +84,121 @@ def default_slice_axis(spacing: tuple[float, ...], axis: str) -> int:
     return int(np.argmax(spacing))
 
 
-def load_model(options: UpscaleOptions) -> tuple[ConditionalUNet, dict[str, Any], str]:
-    """Load the weights for ``options.method`` (given folder or the shipped one) and check they fit the task."""
-    folder = Path(options.weights) if options.weights else pretrained(SHIPPED[options.method])
-    model, config = load_weights(folder, options.device)
-    if config.get("task") != "sr":
-        raise MeddiffError(f"these are {config.get('task')!r} weights, not super-resolution weights", folder)
-    if config.get("method") != options.method:
-        raise MeddiffError(f"these weights are for method {config.get('method')!r}, not {options.method!r}", folder)
-    if options.scale not in config["scales"] or options.axis not in config["axes"]:
-        raise MeddiffError(
-            f"weights were trained for scales {config['scales']} on axes {config['axes']}, "
-            f"not scale {options.scale} {options.axis}",
-            folder,
-        )
-    return model, config, weights_hash(folder)
+class SRPipeline:
+    """Super-resolution of whole volumes, as a diffusers pipeline: load once, call on data.
+
+    ``SRPipeline.from_pretrained("sr-diffusion")(subject, scale=4)`` returns a TorchIO ``Subject`` whose images
+    are the upscaled ones on the high-resolution grid (their affines say where every voxel is), with ``NAME_std``
+    maps when ``samples > 1`` and label maps resampled onto the new grid (nearest neighbour).
+    ``SRPipeline.interpolation()`` is the bicubic / linear baseline through the same code path.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        model: ConditionalUNet | None = None,
+        config: dict[str, Any] | None = None,
+        folder: Path | None = None,
+        device: str = "cpu",
+    ) -> None:
+        if method not in METHODS:
+            raise MeddiffError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        self.method, self.model, self.config, self.folder, self.device = method, model, config or {}, folder, device
+        self.hash = weights_hash(folder) if folder is not None else None
+
+    @classmethod
+    def from_pretrained(cls, name_or_folder: str | Path, device: str = "cpu") -> SRPipeline:
+        """A shipped weights name (``sr-diffusion``, ``sr-unet``) or a weights folder written by ``sr train``."""
+        name = str(name_or_folder)
+        folder = pretrained(name) if name in SHIPPED.values() else Path(name_or_folder)
+        model, config = load_weights(folder, "sr", build_diffusion_network, check_device(device))
+        return cls(config["method"], model, config, folder, device)
+
+    @classmethod
+    def interpolation(cls) -> SRPipeline:
+        return cls("bicubic")
+
+    @classmethod
+    def for_method(cls, method: str, weights: str | Path | None = None, device: str = "cpu") -> SRPipeline:
+        """The command line's choice: ``--method`` with its shipped weights, or ``--weights`` of that method."""
+        check_device(device)
+        if method == "bicubic":
+            return cls.interpolation()
+        pipeline = cls.from_pretrained(weights or SHIPPED.get(method, method), device)
+        if pipeline.method != method:
+            raise MeddiffError(f"these weights are for method {pipeline.method!r}, not {method!r}", pipeline.folder)
+        return pipeline
+
+    def __call__(self, data: tio.Subject | tio.ScalarImage, **options: Any) -> tio.Subject:
+        """Upscale every scalar image of ``data`` (``options``: ``UpscaleOptions`` fields)."""
+        opts = UpscaleOptions(**options)
+        subject = data if isinstance(data, tio.Subject) else tio.Subject(image=data)
+        out: dict[str, Any] = {}
+        for name, image in subject.items():
+            if isinstance(image, tio.ScalarImage):
+                result = self.upscale(image.data[0].numpy(), image.affine, tuple(image.spacing), opts)
+                out[name] = _image(result.volume, result.affine)
+                if result.std is not None:
+                    out[f"{name}_std"] = _image(result.std, result.affine)
+                out.setdefault("info", result.info)
+        if not out:
+            raise MeddiffError("nothing to upscale: the subject holds no scalar image")
+        grid = next(v for v in out.values() if isinstance(v, tio.ScalarImage))
+        for name, image in subject.items():
+            if isinstance(image, tio.LabelMap):
+                out[name] = tio.Resample(grid)(image)
+        return tio.Subject(**out)
+
+    def upscale(
+        self, volume: np.ndarray, affine: np.ndarray, spacing: tuple[float, ...], options: UpscaleOptions
+    ) -> UpscaleResult:
+        """Super-resolve ``volume`` (3D, input intensity scale) and return it on its high-resolution grid."""
+        if volume.ndim != 3:
+            raise MeddiffError(f"a 3D volume is needed, got shape {volume.shape}")
+        slice_axis = default_slice_axis(spacing, options.axis) if options.slice_axis is None else options.slice_axis
+        axes = degraded_axes(options.axis, slice_axis)
+        high_shape = tuple(n * options.scale if a in axes else n for a, n in enumerate(volume.shape))
+        check_fits(high_shape, options.scale, axes, f"the {options.scale}x upscaled image", min_low=4)
+        self._check_task(options)
+        task = Task(options.scale, options.axis)
+        shift = min(float(volume.min()), 0.0)
+        positive = volume.astype(np.float32) - shift
+        intensity = robust_range(positive)
+        low = normalise(positive, intensity)
+        normals = plane_normals(options.axis, slice_axis)
+        info: dict[str, Any] = {
+            **dataclasses.asdict(options),
+            "method": self.method,
+            "slice_axis": slice_axis,
+            "intensity_range": intensity,
+        }
+        if self.model is None:
+            mode = "bicubic" if options.axis == "inplane" else "bilinear"  # through-plane: linear along one axis
+            outs = [np.mean([interpolate_volume(low, task, slice_axis, n, mode) for n in normals], axis=0)]
+        else:
+            info["weights"], info["weights_sha256"] = str(self.folder), self.hash
+            outs = _network_samples(self.model, self.config, low, task, slice_axis, normals, options, self.device)
+        results = [denormalise(o, intensity) + shift for o in outs]
+        if options.data_consistency:
+            results = [data_consistency(r, volume, options.scale, options.axis, slice_axis) for r in results]
+        stack = np.stack(results)
+        std = stack.std(axis=0).astype(np.float32) if len(results) > 1 else None
+        out_affine = high_res_affine(affine, options.scale, options.axis, slice_axis)
+        return UpscaleResult(stack.mean(axis=0).astype(np.float32), out_affine, std, info)
+
+    def _check_task(self, options: UpscaleOptions) -> None:
+        if self.model is None:
+            return
+        if options.scale not in self.config["scales"] or options.axis not in self.config["axes"]:
+            raise MeddiffError(
+                f"weights were trained for scales {self.config['scales']} on axes {self.config['axes']}, "
+                f"not scale {options.scale} {options.axis}",
+                self.folder,
+            )
 
 
-def upscale(
-    volume: np.ndarray, affine: np.ndarray, spacing: tuple[float, ...], options: UpscaleOptions
-) -> UpscaleResult:
-    """Super-resolve ``volume`` (3D, input intensity scale) and return the result on its high-resolution grid."""
-    if volume.ndim != 3:
-        raise MeddiffError(f"a 3D volume is needed, got shape {volume.shape}")
-    slice_axis = default_slice_axis(spacing, options.axis) if options.slice_axis is None else options.slice_axis
-    axes = degraded_axes(options.axis, slice_axis)
-    high_shape = tuple(n * options.scale if a in axes else n for a, n in enumerate(volume.shape))
-    check_fits(high_shape, options.scale, axes, f"the {options.scale}x upscaled image", min_low=4)
-    task = Task(options.scale, options.axis)
-    shift = min(float(volume.min()), 0.0)
-    positive = volume.astype(np.float32) - shift
-    intensity = robust_range(positive)
-    low = normalise(positive, intensity)
-    normals = plane_normals(options.axis, slice_axis)
-    info: dict[str, Any] = {**dataclasses.asdict(options), "slice_axis": slice_axis, "intensity_range": intensity}
-
-    if options.method == "bicubic":
-        mode = "bicubic" if options.axis == "inplane" else "bilinear"  # through-plane: linear along one axis
-        outs = [np.mean([interpolate_volume(low, task, slice_axis, n, mode) for n in normals], axis=0)]
-    else:
-        model, config, digest = load_model(options)
-        info["weights_sha256"] = digest
-        outs = _network_samples(model, config, low, task, slice_axis, normals, options)
-
-    results = [denormalise(o, intensity) + shift for o in outs]
-    if options.data_consistency:
-        results = [data_consistency(r, volume, options.scale, options.axis, slice_axis) for r in results]
-    stack = np.stack(results)
-    std = stack.std(axis=0).astype(np.float32) if len(results) > 1 else None
-    out_affine = high_res_affine(affine, options.scale, options.axis, slice_axis)
-    return UpscaleResult(stack.mean(axis=0).astype(np.float32), out_affine, std, info)
+def _image(volume: np.ndarray, affine: np.ndarray) -> tio.ScalarImage:
+    return tio.ScalarImage(tensor=torch.from_numpy(volume)[None], affine=affine)
 
 
 def _network_samples(
@@ -147,9 +209,9 @@ def _network_samples(
     slice_axis: int,
     normals: list[int],
     options: UpscaleOptions,
+    device: str,
 ) -> list[np.ndarray]:
     """Run the network plane by plane for every sample; returns one normalised volume per sample."""
-    device = torch.device(options.device)
     neighbours = config["neighbours"]
     residual_scale = config["residual_scale"]
     scheduler = make_scheduler(options.sampler, **config["schedule"])
@@ -178,7 +240,7 @@ def _network_samples(
 
             result = torch.empty_like(planes)
             batches = torch.arange(planes.shape[0]).split(options.batch_size)
-            label = f"{options.method} sample {k + 1}/{options.samples}, planes normal to axis {normal}"
+            label = f"sample {k + 1}/{options.samples}, planes normal to axis {normal}"
             for idx in tqdm(batches, desc=label, disable=not options.progress, leave=False):
                 cond = (2.0 * neighbour_stack(planes, idx, neighbours) - 1.0).to(device)
                 with torch.no_grad():

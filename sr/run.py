@@ -10,12 +10,16 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import torchio as tio
 
-from meddiffusion.io import check_output, load_image, save_nifti, write_json
+from meddiffusion.io import check_output, load_image, save_image, save_nifti, write_json
 from meddiffusion.paths import sidecar
 from meddiffusion.provenance import provenance
 from meddiffusion.sr.degradation import check_fits, degrade, degraded_axes, low_res_affine
-from meddiffusion.sr.pipeline import UpscaleOptions, UpscaleResult, default_slice_axis, upscale
+from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions, default_slice_axis
+
+#: what an output's record keeps of the pipeline's info (the options are recorded whole)
+RECORDED = ("method", "slice_axis", "intensity_range", "weights", "weights_sha256")
 
 
 def sidecars(output: str | Path, with_std: bool) -> dict[str, Path]:
@@ -29,27 +33,24 @@ def sidecars(output: str | Path, with_std: bool) -> dict[str, Path]:
 
 
 def upscale_file(
-    input_path: str | Path, output: str | Path, options: UpscaleOptions, force: bool = False
-) -> UpscaleResult:
-    """Super-resolve one NIfTI/MetaImage file into ``output`` (+ ``_std`` map when ``samples > 1``)."""
+    input_path: str | Path, output: str | Path, pipeline: SRPipeline, options: UpscaleOptions, force: bool = False
+) -> tio.Subject:
+    """Super-resolve one NIfTI/MetaImage file into ``output`` (+ ``_std`` map when ``samples > 1``), each with
+    its JSON record."""
     paths = sidecars(output, options.samples > 1)
     for path in paths.values():
         check_output(path, force)
-    image = load_image(input_path)
-    result = upscale(image.data[0].numpy(), image.affine, tuple(image.spacing), options)
-    save_nifti(result.volume, result.affine, paths["volume"], force=force)
-    record = provenance(input=str(input_path), output=str(output), options=dataclasses.asdict(options), **_info(result))
-    if result.std is not None:
-        save_nifti(result.std, result.affine, paths["std"], force=force)
+    result = pipeline(tio.Subject(image=load_image(input_path)), **dataclasses.asdict(options))
+    save_image(result["image"], paths["volume"], force=force)
+    info = {k: v for k, v in result["info"].items() if k in RECORDED}
+    record = provenance(input=str(input_path), output=str(output), options=dataclasses.asdict(options), **info)
+    if "image_std" in result:
+        save_image(result["image_std"], paths["std"], force=force)
         std_record = {**record, "output": str(paths["std"]), "of": str(output)}
         std_record["content"] = f"voxel-wise standard deviation over the {options.samples} samples averaged in OUTPUT"
         write_json(std_record, paths["std_provenance"], force=force)
     write_json(record, paths["provenance"], force=force)
     return result
-
-
-def _info(result: UpscaleResult) -> dict:
-    return {k: v for k, v in result.info.items() if k in ("slice_axis", "intensity_range", "weights_sha256")}
 
 
 def degrade_file(

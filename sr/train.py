@@ -7,7 +7,6 @@ residual) or the regression baseline on the same backbone (``method: unet``, L1 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from meddiffusion.config import from_dict, load_yaml, resolve_data_path
-from meddiffusion.diffusion import ConditionalUNet, NetworkConfig, make_scheduler, sample
+from meddiffusion.config import config_record, load_train_config
+from meddiffusion.diffusion import NetworkConfig, build_diffusion_network, make_scheduler, sample
 from meddiffusion.diffusion.loss import diffusion_loss
 from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
@@ -40,8 +39,6 @@ class SRDataConfig:
     residual_scale: float = 10.0
 
     def __post_init__(self) -> None:
-        if not self.train:
-            raise ValueError("data.train lists no volumes")
         if bad := [a for a in self.axes if a not in AXES]:
             raise ValueError(f"unknown axes {bad}; use {AXES}")
         if any(s < 2 for s in self.scales):
@@ -69,22 +66,15 @@ class SRTrainConfig:
             raise ValueError("network.diffusion must be true exactly for method 'diffusion'")
 
 
-def load_sr_config(path: str | Path, overrides: dict | None = None) -> tuple[SRTrainConfig, Path]:
-    """Load a training config; data paths resolve relative to the config file's folder."""
-    path = Path(path)
-    raw = load_yaml(path)
-    for key, value in (overrides or {}).items():
-        section, _, name = key.partition(".")
-        raw.setdefault(section, {})[name] = value
-    config = from_dict(SRTrainConfig, raw, path)
-    base = path.resolve().parent
+def load_sr_config(path: str | Path, overrides: dict | None = None) -> SRTrainConfig:
+    """Load a training config; data paths resolve relative to the config file's folder, and must exist."""
+    config = load_train_config(SRTrainConfig, path, overrides, (("data", "train"), ("data", "val")))
+    if not config.data.train:
+        raise MeddiffError("data.train lists no volumes", path)
     for split in ("train", "val"):
-        resolved = [str(resolve_data_path(p, base)) for p in getattr(config.data, split)]
-        missing = [p for p in resolved if not Path(p).is_file()]
-        if missing:
+        if missing := [p for p in getattr(config.data, split) if not Path(p).is_file()]:
             raise MeddiffError(f"data.{split} lists missing files: {', '.join(missing)}", path)
-        setattr(config.data, split, resolved)
-    return config, path
+    return config
 
 
 def regression_loss(model, batch, generator):
@@ -124,9 +114,22 @@ def _pairs(config: SRTrainConfig, paths: list[str], seed: int, augment: bool) ->
     )
 
 
-def run_training(
-    config: SRTrainConfig, config_path: Path, out: Path, resume: bool = False, stop_at: int | None = None
-) -> Path:
+def weights_config(config: SRTrainConfig) -> dict:
+    """What the weights folder's ``config.json`` says about the model; ``build_diffusion_network`` builds from it."""
+    return {
+        "network": config.network.to_dict(),
+        "task": "sr",
+        "method": config.method,
+        "scales": config.data.scales,
+        "axes": config.data.axes,
+        "neighbours": config.data.neighbours,
+        "residual_scale": config.data.residual_scale,
+        "schedule": dataclasses.asdict(config.schedule),
+        "seed": config.seed,
+    }
+
+
+def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at: int | None = None) -> Path:
     """Train and write ``out/weights`` (EMA weights + config + training log); returns that folder."""
     torch.manual_seed(config.seed)
     train_set = _pairs(config, config.data.train, seed=config.seed, augment=True)
@@ -134,12 +137,14 @@ def run_training(
     if config.data.val:
         val_set = _pairs(config, config.data.val, seed=12345, augment=False)
         validate = validation(config, val_set)
-    model = ConditionalUNet(config.network)
+    described = weights_config(config)
+    model = build_diffusion_network(described)
     scheduler = make_scheduler("ddpm", **dataclasses.asdict(config.schedule))
     loss_fn = diffusion_loss(scheduler) if config.method == "diffusion" else regression_loss
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(config_path.read_text())
-    write_json({"train": config.data.train, "val": config.data.val}, out / "data_list.json")
+    write_json(config_record(config, out), out / "config.json")
+    data_list = config_record(config, out)["data"]
+    write_json({"train": data_list["train"], "val": data_list["val"]}, out / "data_list.json")
     model = train(
         model,
         train_set,
@@ -151,23 +156,8 @@ def run_training(
         resume=resume,
         stop_at=stop_at,
     )
-    folder = save_weights(
-        out / "weights",
-        model,
-        {
-            "task": "sr",
-            "method": config.method,
-            "scales": config.data.scales,
-            "axes": config.data.axes,
-            "neighbours": config.data.neighbours,
-            "residual_scale": config.data.residual_scale,
-            "schedule": dataclasses.asdict(config.schedule),
-            "seed": config.seed,
-            "training": {
-                "config": dataclasses.asdict(config.train),
-                "data": json.loads((out / "data_list.json").read_text()),
-            },
-        },
-    )
-    record_run(folder, model.n_parameters, out, ("training_log.csv", "validation_log.csv", "config.yaml"))
+    folder = out / "weights"
+    described["training"] = {"config": config_record(config, folder)}
+    save_weights(folder, model, described, network=described.pop("network"))
+    record_run(folder, model.n_parameters, out, ("training_log.csv", "validation_log.csv"))
     return folder

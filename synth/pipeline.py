@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 from meddiffusion.data.labels import to_brats2021
 from meddiffusion.data.prepare import brain_range
 from meddiffusion.data.sampling import pad_to
-from meddiffusion.diffusion import make_scheduler, sample
+from meddiffusion.diffusion import build_diffusion_network, make_scheduler, sample
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY
 from meddiffusion.synth.data import PLANE_AXIS, build_cond, paint_region, regions_stack
 from meddiffusion.synth.masks import TEMPLATES_FILE, lesion_mask, load_templates
 from meddiffusion.transforms import brain_mask, denormalise, normalise
-from meddiffusion.weights import load_weights, pretrained, read_config, weights_hash
+from meddiffusion.weights import load_weights, pretrained, weights_hash
 
 SHIPPED = "synth-inpaint"
 MIN_WINDOW = 64
@@ -59,9 +59,7 @@ class LesionSynthesizer:
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu") -> None:
         self.folder = Path(weights) if weights else pretrained(SHIPPED)
-        if read_config(self.folder).get("task") != "synth":
-            raise MeddiffError("these are not lesion-synthesis weights", self.folder)
-        self.model, self.config = load_weights(self.folder, device)
+        self.model, self.config = load_weights(self.folder, "synth", build_diffusion_network, device)
         self.modalities: list[str] = self.config["modalities"]
         self.templates = load_templates(self.folder / TEMPLATES_FILE)
         self.scheduler = make_scheduler("ddim", **self.config["schedule"])

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from meddiffusion.config import load_yaml, resolve_data_path, with_defaults
+from meddiffusion.config import config_record, load_train_config
 from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.prepare import load_case
-from meddiffusion.diffusion import ConditionalUNet, NetworkConfig, make_scheduler
+from meddiffusion.diffusion import NetworkConfig, build_diffusion_network, make_scheduler
 from meddiffusion.diffusion.loss import diffusion_loss
 from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
@@ -62,10 +62,19 @@ class SynthTrainConfig:
 
 def load_synth_config(path: str | Path | None, overrides: dict | None = None) -> SynthTrainConfig:
     """The defaults, updated by a YAML file (data path relative to it) and by ``section.key`` overrides."""
-    raw = load_yaml(path) if path else {}
-    if raw.get("data", {}).get("data"):
-        raw["data"]["data"] = str(resolve_data_path(raw["data"]["data"], Path(path).resolve().parent))
-    return with_defaults(SynthTrainConfig, raw, overrides, path)
+    return load_train_config(SynthTrainConfig, path, overrides, (("data", "data"),))
+
+
+def weights_config(config: SynthTrainConfig) -> dict:
+    """What the weights folder's ``config.json`` says about the model; ``build_diffusion_network`` builds from it."""
+    return {
+        "network": config.network.to_dict(),
+        "task": "synth",
+        "modalities": config.data.modalities,
+        "margin": MARGIN,
+        "schedule": dataclasses.asdict(config.schedule),
+        "seed": config.seed,
+    }
 
 
 def run_training(config: SynthTrainConfig, out: Path, resume: bool = False, stop_at: int | None = None) -> Path:
@@ -82,7 +91,8 @@ def run_training(config: SynthTrainConfig, out: Path, resume: bool = False, stop
         raise MeddiffError("no labelled training cases", config.data.data)
     subjects = [load_case(c, config.data.modalities, None) for c in cases]
     dataset = InpaintPairs(subjects, config.data.patch_size, seed=config.seed)
-    model = ConditionalUNet(config.network)
+    described = weights_config(config)
+    model = build_diffusion_network(described)
     scheduler = make_scheduler("ddpm", **dataclasses.asdict(config.schedule))
     out.mkdir(parents=True, exist_ok=True)
     # the images the generator learns from, by hash: a study proves that no test case reached it
@@ -90,23 +100,14 @@ def run_training(config: SynthTrainConfig, out: Path, resume: bool = False, stop
         "cases": [c.case_id for c in cases],
         "image_sha256": {c.case_id: {m: file_sha256(c.images[m]) for m in config.data.modalities} for c in cases},
     }
-    write_json(dataclasses.asdict(config), out / "config.json")
+    write_json(config_record(config, out), out / "config.json")
     write_json(data_list, out / "data_list.json")
     model = train(
         model, dataset, diffusion_loss(scheduler), config.train, out, seed=config.seed, resume=resume, stop_at=stop_at
     )
-    folder = save_weights(
-        out / "weights",
-        model,
-        {
-            "task": "synth",
-            "modalities": config.data.modalities,
-            "margin": MARGIN,
-            "schedule": dataclasses.asdict(config.schedule),
-            "seed": config.seed,
-            "training": {"config": dataclasses.asdict(config), "data": data_list},
-        },
-    )
+    folder = out / "weights"
+    described["training"] = {"config": config_record(config, folder), "data": data_list}
+    save_weights(folder, model, described, network=described.pop("network"))
     save_templates(subjects, folder / TEMPLATES_FILE)
     record_run(folder, model.n_parameters, out, ("training_log.csv",))
     return folder

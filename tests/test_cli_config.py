@@ -35,7 +35,7 @@ def test_shipped_configs_load(tmp_path):
     if not shared.exists():
         pytest.skip("../shared/data (training volumes) not present beside this checkout")
     for name in ("sr_diffusion.yaml", "sr_unet.yaml"):
-        config, _ = load_sr_config(root / "configs" / name)
+        config = load_sr_config(root / "configs" / name)
         assert config.network.diffusion == (config.method == "diffusion") and len(config.data.train) == 11
 
 

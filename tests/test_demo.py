@@ -25,8 +25,12 @@ def test_demo_writes_volumes_panel_and_provenance(tmp_path, capsys):
     assert np.asarray(nib.load(out / "diffusion_std.nii.gz").dataobj).max() > 0
     with Image.open(out / "panel.png") as png:
         assert png.size[0] > 1000
+    # the learned methods beat interpolation on this held-out real slab (4x, T1c): data consistency alone
+    # scores 24 dB here, so a network that outputs zeros (a zero residual, i.e. bicubic) fails
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert metrics["diffusion"]["psnr"] > 20
+    assert metrics["unet"]["psnr"] > metrics["bicubic"]["psnr"] + 0.4
+    assert metrics["diffusion"]["psnr"] > metrics["bicubic"]["psnr"] + 0.1
+    assert metrics["unet"]["hfen"] < metrics["bicubic"]["hfen"]
     record = json.loads((out / "provenance.json").read_text())
     assert len(record["weights_sha256"]["diffusion"]) == 64
     assert main(["demo", "--out", str(out)]) == 2  # no overwrite without --force

@@ -15,6 +15,7 @@ from meddiffusion.data.check import check_dataset
 from meddiffusion.data.labels import to_brats2021
 from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.prepare import load_case
+from meddiffusion.diffusion import build_diffusion_network
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image, load_subject
 from meddiffusion.segmentation.data import SegPatches
@@ -178,7 +179,7 @@ def test_synth_lesion_command_writes_files_and_refuses_to_overwrite(real_crop, t
 
 
 def test_shipped_model_uses_its_size_input(real_crop):
-    model, config = load_weights(pretrained("synth-inpaint"))
+    model, config = load_weights(pretrained("synth-inpaint"), "synth", build_diffusion_network)
     assert config["modalities"] == ["flair", "t1ce"] and (pretrained("synth-inpaint") / "templates.npz").exists()
     torch.manual_seed(0)
     cond = torch.rand(1, model.config.cond_channels, 64, 64)

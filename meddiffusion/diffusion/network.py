@@ -94,3 +94,9 @@ class ConditionalUNet(nn.Module):
     @property
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def build_diffusion_network(config: dict) -> ConditionalUNet:
+    """The network a weights folder's ``config.json`` describes (its ``network`` section); the SR and synthesis
+    trainers build their models from the same section they save."""
+    return ConditionalUNet(NetworkConfig(**config["network"]))
