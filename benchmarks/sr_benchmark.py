@@ -32,7 +32,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2015_de
 
 
 def held_out() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """name -> (volume, affine, tumour-centre index) for every held-out volume available."""
+    """name -> (volume, affine, tumour-center index) for every held-out volume available."""
     case = embedded_case()
     label = load_image(case["label"], label=True).data[0].numpy()
     volumes = {}
@@ -48,15 +48,15 @@ def held_out() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 
 def slab(label: np.ndarray, slices: int, crop: int | None = None) -> tuple[slice, slice, slice]:
-    """Window of ``slices`` axial slices through the tumour centre (optionally ``crop`` voxels in-plane)."""
-    centre = np.argwhere(label > 0).mean(0).astype(int)
-    z0 = int(np.clip(centre[2] - slices // 2, 0, label.shape[2] - slices))
+    """Window of ``slices`` axial slices through the tumour center (optionally ``crop`` voxels in-plane)."""
+    center = np.argwhere(label > 0).mean(0).astype(int)
+    z0 = int(np.clip(center[2] - slices // 2, 0, label.shape[2] - slices))
     xy = [slice(None), slice(None)]
     if crop:
         xy = [
             slice(s0, s0 + crop)
             for s0 in (
-                int(np.clip(c - crop // 2, 0, n - crop)) for c, n in zip(centre[:2], label.shape[:2], strict=True)
+                int(np.clip(c - crop // 2, 0, n - crop)) for c, n in zip(center[:2], label.shape[:2], strict=True)
             )
         ]
     return (*xy, slice(z0, z0 + slices))

@@ -33,7 +33,7 @@ from meddiffusion.data.labels import to_brats2021
 from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.prepare import brain_normalise, brain_range
 from meddiffusion.eval.synthesis import intensity_distance
-from meddiffusion.io import load_subject
+from meddiffusion.io import load_subject, voxel_volume_ml
 from meddiffusion.plotting import save_figure, subplots
 from meddiffusion.synth.masks import lesion_mask
 from meddiffusion.synth.pipeline import LesionRequest, LesionSynthesizer
@@ -66,7 +66,7 @@ def size_fidelity(cases, synthesizer) -> list[dict]:
                 for seed in (0, 1):
                     rng = np.random.default_rng(seed)
                     mask = lesion_mask(brain, spacing, size, synthesizer.templates, rng, foci, avoid=label > 0)
-                    measured = (mask > 0).sum() * float(np.prod(spacing)) / 1000
+                    measured = (mask > 0).sum() * voxel_volume_ml(spacing)
                     rows.append(
                         {
                             "host": case_id,

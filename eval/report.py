@@ -206,7 +206,7 @@ def box_plot(per_method: dict[str, list[dict[str, Any]]], keys: Sequence[str], p
 
 
 def example_plot(kind: str, examples: dict[str, tuple[str, Path, Path]], path: Path) -> Path:
-    """Each method's median case, on the axial slice through the reference's centre of mass.
+    """Each method's median case, on the axial slice through the reference's center of mass.
 
     Segmentation: reference in grey, prediction outline in red. SR: prediction and its absolute error.
     """

@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from meddiffusion.data.labels import region_masks
 from meddiffusion.errors import MeddiffError
+from meddiffusion.io import voxel_volume_ml
 
 EMPTY_HD95 = 373.13
 LESION_BINS_ML = ((0.0, 1.0, "<1mL"), (1.0, 10.0, "1-10mL"), (10.0, float("inf"), ">10mL"))
@@ -37,7 +38,7 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]
     fp = float(np.sum(pred & ~ref))
     fn = float(np.sum(~pred & ref))
     tn = float(pred.size - tp - fp - fn)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    voxel_ml = voxel_volume_ml(spacing)
     out = {
         "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
@@ -71,7 +72,7 @@ def lesion_detection(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ..
     structure = np.ones((3,) * ref.ndim, dtype=bool)
     ref_cc, n_ref = ndimage.label(ref, structure)
     pred_cc, n_pred = ndimage.label(pred, structure)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    voxel_ml = voxel_volume_ml(spacing)
     sizes = ndimage.sum(ref, ref_cc, index=np.arange(1, n_ref + 1)) * voxel_ml if n_ref else np.array([])
     hit = ndimage.maximum(pred, ref_cc, index=np.arange(1, n_ref + 1)) if n_ref else np.array([])
     touched = ndimage.maximum(ref, pred_cc, index=np.arange(1, n_pred + 1)) if n_pred else np.array([])

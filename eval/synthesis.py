@@ -6,11 +6,12 @@ import numpy as np
 from scipy import stats
 
 from meddiffusion.errors import MeddiffError
+from meddiffusion.io import voxel_volume_ml
 
 
 def lesion_volume_ml(label: np.ndarray, spacing: tuple[float, ...]) -> float:
     """Volume of all non-zero label voxels in mL."""
-    return float(np.count_nonzero(label)) * float(np.prod(spacing)) / 1000.0
+    return float(np.count_nonzero(label)) * voxel_volume_ml(spacing)
 
 
 def size_fidelity(requested_ml: float, label: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:

@@ -75,15 +75,30 @@ def _data_split(args: argparse.Namespace) -> int:
     return 0
 
 
+#: command-line flag -> the config key it overrides (the same for every trainer that has the flag)
+FLAG_KEYS = {
+    "data": "data.data",
+    "model": "network.model",
+    "steps": "train.steps",
+    "mixed_precision": "train.mixed_precision",
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """``section.key`` config overrides from the flags a trainer's command line was given (paths made absolute:
+    they are relative to the working directory, not to the config file)."""
+    overrides: dict[str, object] = {}
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = str(Path(value).resolve()) if flag == "data" else value
+    return overrides
+
+
 def _sr_train(args: argparse.Namespace) -> int:
     from meddiffusion.sr.train import load_sr_config, run_training
 
-    overrides = {}
-    if args.steps is not None:
-        overrides["train.steps"] = args.steps
-    if args.mixed_precision is not None:
-        overrides["train.mixed_precision"] = args.mixed_precision
-    config = load_sr_config(args.config, overrides)
+    config = load_sr_config(args.config, _overrides(args))
     folder = run_training(config, Path(args.out), resume=args.resume, stop_at=args.stop_at)
     print(f"weights written to {folder}")
     return 0
@@ -160,14 +175,7 @@ def _eval_compare(args: argparse.Namespace) -> int:
 def _seg_config(args: argparse.Namespace):
     from meddiffusion.segmentation.train import load_seg_config
 
-    overrides = {"data.data": str(Path(args.data).resolve())} if args.data else {}
-    for flag, key in (
-        ("model", "network.model"),
-        ("steps", "train.steps"),
-        ("mixed_precision", "train.mixed_precision"),
-    ):
-        if getattr(args, flag, None) is not None:
-            overrides[key] = getattr(args, flag)
+    overrides = _overrides(args)
     if getattr(args, "synthetic", None):
         overrides["data.synthetic"] = [str(Path(p).resolve()) for p in args.synthetic]
         overrides["data.synthetic_ratio"] = args.synthetic_ratio
@@ -229,23 +237,20 @@ def _seg_ablate(args: argparse.Namespace) -> int:
 def _synth_train(args: argparse.Namespace) -> int:
     from meddiffusion.synth.train import load_synth_config, run_training
 
-    overrides = {"data.data": str(Path(args.data).resolve())} if args.data else {}
-    if args.steps is not None:
-        overrides["train.steps"] = args.steps
-    config = load_synth_config(args.config, overrides)
+    config = load_synth_config(args.config, _overrides(args))
     folder = run_training(config, Path(args.out), resume=args.resume, stop_at=args.stop_at)
     print(f"wrote {folder}")
     return 0
 
 
 def _synth_lesion(args: argparse.Namespace) -> int:
-    centre = None
+    center = None
     if args.center:
         try:
-            centre = tuple(int(v) for v in args.center.split(","))
+            center = tuple(int(v) for v in args.center.split(","))
         except ValueError:
-            centre = ()
-        if len(centre) != 3:
+            center = ()
+        if len(center) != 3:
             raise MeddiffError(f"--center takes three voxel indices X,Y,Z, got {args.center!r}")
     files = {m: getattr(args, m) for m in ("t1", "t1ce", "t2", "flair")}
     _check_case_inputs(args.input, files)
@@ -255,7 +260,7 @@ def _synth_lesion(args: argparse.Namespace) -> int:
     from meddiffusion.synth.pipeline import LesionRequest
 
     case = input_case(args.input, files)
-    request = LesionRequest(args.volume_ml, args.foci, centre, args.seed, args.steps)
+    request = LesionRequest(args.volume_ml, args.foci, center, args.seed, args.steps)
     result = synthesize_case(case, args.out_image, args.out_label, request, args.weights, force=args.force)
     print(f"lesion {result.info['measured_volume_ml']:.2f} mL (requested {args.volume_ml:g}); wrote {args.out_label}")
     return 0
@@ -448,7 +453,7 @@ def _add_seg(commands) -> None:
 
 
 def _add_synth(commands) -> None:
-    synth = commands.add_parser("synth", help="synthesise tumour cases with a lesion of a requested size")
+    synth = commands.add_parser("synth", help="synthesize tumour cases with a lesion of a requested size")
     sub = synth.add_subparsers(dest="synth_command", required=True)
     train = sub.add_parser("train", help="train the lesion-inpainting diffusion model")
     train.add_argument("--config", help="YAML config, e.g. configs/synth_inpaint.yaml")

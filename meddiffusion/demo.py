@@ -58,8 +58,8 @@ def run_demo(
     image = load_image(case[modality])
     label = load_image(case["label"], label=True).data[0].numpy()
     volume = image.data[0].numpy()
-    centre = int(np.argmax((label > 0).sum(axis=(0, 1)))) if label.any() else volume.shape[2] // 2
-    z0 = int(np.clip(centre - slices // 2, 0, volume.shape[2] - slices))
+    center = int(np.argmax((label > 0).sum(axis=(0, 1)))) if label.any() else volume.shape[2] // 2
+    z0 = int(np.clip(center - slices // 2, 0, volume.shape[2] - slices))
     reference = volume[:, :, z0 : z0 + slices]
     affine = image.affine.copy()
     affine[:3, 3] = affine[:3, :3] @ np.array([0, 0, z0]) + affine[:3, 3]

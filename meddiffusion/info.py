@@ -47,7 +47,7 @@ def describe(path: str | Path, label: bool | None = None) -> dict[str, Any]:
     }
     if is_label:
         values, counts = np.unique(data.astype(np.int64), return_counts=True)
-        voxel_ml = voxel_volume_ml(image.affine)
+        voxel_ml = voxel_volume_ml(image.spacing)
         info["labels"] = {
             int(v): {"voxels": int(c), "volume_ml": round(float(c) * voxel_ml, 3)}
             for v, c in zip(values, counts, strict=True)

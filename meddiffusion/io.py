@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,7 @@ def write_text(text: str, path: str | Path, force: bool = False) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text), suffix=Path(path).suffix)
 
 
-def voxel_volume_ml(affine: np.ndarray) -> float:
-    """Volume of one voxel in millilitres (mm^3 / 1000)."""
-    return float(abs(np.linalg.det(np.asarray(affine)[:3, :3])) / 1000.0)
+def voxel_volume_ml(spacing: Sequence[float]) -> float:
+    """Volume of one voxel in millilitres (mm^3 / 1000), from the voxel spacing in mm: every lesion and label
+    volume of the toolkit is counted with this one helper."""
+    return float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0

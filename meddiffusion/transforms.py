@@ -1,22 +1,16 @@
-"""Preprocessing and augmentation: robust intensity normalisation, head masks, and the proposal's presets
-built from TorchIO transforms (resampling, foreground crop, gamma, noise, rotation, histogram standardisation).
+"""Intensity normalisation, head and brain masks, and the proposal's augmentation (TorchIO: gamma, noise, rotation).
+
+The one preprocessing path of the models is ``data.prepare`` (brain normalisation, optional resampling to a
+working spacing), built from these pieces.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import numpy as np
-import torch
 import torchio as tio
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from meddiffusion.errors import MeddiffError
-
-#: the proposal's target spacing for segmentation training (mm)
-PROPOSAL_SPACING = (1.5, 1.5, 5.0)
 PERCENTILES = (0.5, 99.5)
 
 
@@ -111,76 +105,3 @@ def augmentation(
             tio.RandomNoise(std=(0.0, noise_std)),
         ]
     )
-
-
-def preprocessing(
-    spacing: Sequence[float] | None = PROPOSAL_SPACING,
-    crop_foreground: bool = True,
-    landmarks: dict | str | Path | None = None,
-) -> tio.Compose:
-    """Resample to ``spacing`` (labels by nearest neighbour), crop to the head, harmonise, normalise.
-
-    ``landmarks`` are histogram-standardisation landmarks learned with ``learn_landmarks`` on a training set
-    (Nyul & Udupa, via TorchIO); they harmonise intensities across scanners before the robust normalisation.
-    """
-    steps: list[tio.Transform] = []
-    if spacing is not None:
-        steps.append(tio.Resample(tuple(float(s) for s in spacing)))
-    if crop_foreground:
-        steps.append(_HeadCrop())
-    if landmarks is not None:
-        steps.append(harmonisation(landmarks))
-    steps.append(tio.RescaleIntensity(out_min_max=(0, 1), percentiles=PERCENTILES, masking_method=_head_mask_tensor))
-    return tio.Compose(steps)
-
-
-def _head_mask_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(head_mask(tensor.numpy()))
-
-
-class _HeadCrop(tio.SpatialTransform):
-    """Crop every image of a subject to the bounding box of the first image's head mask (plus a margin)."""
-
-    def __init__(self, margin: int = 4, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.margin = margin
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        first = subject.get_images(intensity_only=True)[0]
-        mask = head_mask(first.data[0].numpy())
-        if not mask.any():
-            return subject
-        coords = np.argwhere(mask)
-        lo = np.maximum(coords.min(0) - self.margin, 0)
-        hi = np.minimum(coords.max(0) + 1 + self.margin, mask.shape)
-        cropping = [int(v) for pair in zip(lo, np.array(mask.shape) - hi, strict=True) for v in pair]
-        return tio.Crop(cropping)(subject)
-
-
-def learn_landmarks(paths: dict[str, Sequence[str | Path]], output: str | Path | None = None) -> dict[str, np.ndarray]:
-    """Learn histogram-standardisation landmarks per modality on training images (Nyul & Udupa, via TorchIO),
-    inside the head mask. Saved as ``.npz`` (one array per modality) for re-use on new scanners."""
-    if not paths or not all(paths.values()):
-        raise MeddiffError("no images given to learn intensity landmarks from")
-    landmarks = {
-        name: tio.HistogramStandardization.train([str(p) for p in files], masking_function=_head_mask_tensor)
-        for name, files in paths.items()
-    }
-    if output is not None:
-        np.savez(output, **landmarks)
-    return landmarks
-
-
-def harmonisation(landmarks: dict | str | Path) -> tio.HistogramStandardization:
-    """Intensity harmonisation across scanners with landmarks from ``learn_landmarks`` (dict or ``.npz``)."""
-    return tio.HistogramStandardization(_load_landmarks(landmarks), masking_method=_head_mask_tensor)
-
-
-def _load_landmarks(landmarks: dict | str | Path) -> dict:
-    if isinstance(landmarks, dict):
-        return landmarks
-    path = Path(landmarks)
-    if not path.is_file():
-        raise MeddiffError("landmarks file not found", path)
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}

@@ -1,4 +1,5 @@
-"""Dual-path tumour segmentation: the network (``network``, ``deformable``), the baselines (``models``,
-``baselines``), losses (``losses``), GradNorm reweighting (``reweighting``), the data path (``data``), the trainer
-(``train``), inference (``predict``) and cross-validated ablations (``ablation``, ``variants``).
+"""Dual-path tumour segmentation: the network (``dualpath``, ``deformable``), the model builder with the MONAI
+baselines (``models``), the FLAIR-threshold floor (``threshold``), output coding (``coding``), losses (``losses``),
+GradNorm reweighting (``reweighting``), the data path (``data``), the trainer (``train``), inference
+(``predict``) and cross-validated ablations (``ablation``, ``variants``).
 """

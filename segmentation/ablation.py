@@ -28,8 +28,8 @@ from meddiffusion.eval.report import write_csv
 from meddiffusion.eval.stats import paired_comparison
 from meddiffusion.io import write_json
 from meddiffusion.provenance import provenance
-from meddiffusion.segmentation.baselines import fit_threshold, predict_threshold
 from meddiffusion.segmentation.predict import Segmenter, postprocess
+from meddiffusion.segmentation.threshold import fit_threshold, predict_threshold
 from meddiffusion.segmentation.train import SegTrainConfig, run_training
 from meddiffusion.segmentation.variants import VARIANTS
 from meddiffusion.weights import WEIGHTS_FILE

@@ -68,7 +68,7 @@ class DeformableAttention(nn.Module):
 
 
 def reference_points(spatial: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
-    """Voxel centres of a grid in [0, 1], ordered (x, y[, z]) = reversed axes, flattened like ``flatten(2)``."""
+    """Voxel centers of a grid in [0, 1], ordered (x, y[, z]) = reversed axes, flattened like ``flatten(2)``."""
     axes = [(torch.arange(s, device=device, dtype=torch.float32) + 0.5) / s for s in spatial]
     grids = torch.meshgrid(*axes, indexing="ij")
     return torch.stack(grids[::-1], dim=-1).reshape(-1, len(spatial))

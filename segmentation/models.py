@@ -9,7 +9,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from meddiffusion.segmentation.coding import check_output, n_outputs
-from meddiffusion.segmentation.network import ATTENTIONS, DualPathSegNet
+from meddiffusion.segmentation.dualpath import ATTENTIONS, DualPathSegNet
 
 MODELS = ("dualpath", "unet", "swinunetr")
 

@@ -137,10 +137,10 @@ class SRPairs(Dataset):
         high = pad_to(entry["high"][plane][window][None], self.patch_size)
         if self.augment:
             cond, high = _augment(cond, high, rng, entry["task"])
-        centre = cond[self.neighbours : self.neighbours + 1]
+        center = cond[self.neighbours : self.neighbours + 1]
         return {
             "cond": 2.0 * cond - 1.0,
-            "target": (high - centre) * self.residual_scale,
+            "target": (high - center) * self.residual_scale,
             "conditions": torch.tensor(entry["task"].conditions(), dtype=torch.float32),
         }
 

@@ -6,8 +6,8 @@ per axis so intensities keep their scale. A DFT crop keeps sample 0 and the fiel
 voxel ``j`` sits where high-resolution voxel ``j*s`` sits, and the low-resolution affine is the
 high-resolution one with spacing x s and the same origin.
 
-Through-plane (``--axis through``): a thick slice is the mean of ``s`` consecutive thin slices, centred at the
-mean of their centres: low-resolution slice ``i`` sits at high-resolution index ``s*i + (s-1)/2``.
+Through-plane (``--axis through``): a thick slice is the mean of ``s`` consecutive thin slices, centered at the
+mean of their centers: low-resolution slice ``i`` sits at high-resolution index ``s*i + (s-1)/2``.
 
 The k-space crop and its data-consistency projection are written here by hand: no maintained library exposes
 an MRI Fourier-crop degradation with this geometry.

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from meddiffusion.data.labels import region_masks
 from meddiffusion.data.sampling import PatchSampler
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import LABEL_KEY, modality_names
+from meddiffusion.io import LABEL_KEY, modality_names, voxel_volume_ml
 
 PLANE_AXIS = 2
 MARGIN = 3
@@ -92,7 +92,7 @@ class InpaintPairs(Dataset):
             brain = images[0].movedim(0, PLANE_AXIS).numpy() != 0
             hole = torch.from_numpy(paint_region(label, brain)).movedim(PLANE_AXIS, 0).float()
             regions = torch.from_numpy(regions_stack(label)).movedim(PLANE_AXIS + 1, 1)
-            volume_ml = float((label > 0).sum() * np.prod(subject[LABEL_KEY].spacing) / 1000)
+            volume_ml = float((label > 0).sum() * voxel_volume_ml(subject[LABEL_KEY].spacing))
             size = int(np.ceil(patch_size * scale_range[1]))
             self.items.append((images, regions, hole, volume_ml, PatchSampler(regions[0] > 0, size)))
 
@@ -105,7 +105,7 @@ class InpaintPairs(Dataset):
         scale = float(np.exp(rng.uniform(*np.log(self.scale_range))))
         window_size = int(round(self.patch_size * scale))
         plane, (rows, cols) = sampler(rng)
-        # re-centre the sampler's window to this item's size
+        # re-center the sampler's window to this item's size
         cy, cx = (rows.start + rows.stop) // 2, (cols.start + cols.stop) // 2
         h, w = images.shape[2:]
         y0 = int(np.clip(cy - window_size // 2, 0, max(h - window_size, 0)))

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from meddiffusion.data.labels import region_masks
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import LABEL_KEY
+from meddiffusion.io import LABEL_KEY, voxel_volume_ml
 
 #: the largest fraction of the free brain a requested lesion may take
 MAX_BRAIN_FRACTION = 0.4
@@ -82,16 +82,16 @@ def _warp(template: Template, rng: np.random.Generator) -> np.ndarray:
         ndimage.gaussian_filter(rng.normal(0, 1, tuple(shape)), sigma=max(2.0, shape.min() / 8)) for _ in range(3)
     ]
     displacement = [d / (np.abs(d).max() + 1e-8) * 0.08 * shape.min() for d in displacement]
-    centre = (shape - 1) / 2
+    center = (shape - 1) / 2
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).reshape(3, -1)
-    coords = rotation @ (grid - centre[:, None]) + centre[:, None]
+    coords = rotation @ (grid - center[:, None]) + center[:, None]
     coords = coords + np.stack([d.reshape(-1) for d in displacement])
     warped = [ndimage.map_coordinates(r, coords, order=1).reshape(tuple(shape)) for r in regions]
     return np.stack([ndimage.gaussian_filter(w, 1.0) for w in warped])  # smooth iso-surfaces at any scale
 
 
 def _scaled(region: np.ndarray, zoom: Sequence[float]) -> np.ndarray:
-    """``region`` resampled by ``zoom`` per axis about its centre; continuous in ``zoom`` (unlike
+    """``region`` resampled by ``zoom`` per axis about its center; continuous in ``zoom`` (unlike
     ``ndimage.zoom``, whose output grid jumps), so the lesion volume grows smoothly with the scale."""
     zoom = np.asarray(zoom, dtype=float)
     shape_in = np.array(region.shape)
@@ -102,21 +102,21 @@ def _scaled(region: np.ndarray, zoom: Sequence[float]) -> np.ndarray:
 
 def _render(
     variants: Sequence[tuple[np.ndarray, tuple[float, ...]]],
-    centres: Sequence[np.ndarray],
+    centers: Sequence[np.ndarray],
     factors: Sequence[float],
     shape: tuple[int, ...],
     spacing: tuple[float, ...],
     allowed: np.ndarray,
 ) -> np.ndarray:
-    """Place every focus (regions zoomed by its factor, in mm) at its centre; BraTS 2021 labels, clipped."""
+    """Place every focus (regions zoomed by its factor, in mm) at its center; BraTS 2021 labels, clipped."""
     label = np.zeros(shape, dtype=np.uint8)
-    for (regions, t_spacing), centre, factor in zip(variants, centres, factors, strict=True):
+    for (regions, t_spacing), center, factor in zip(variants, centers, factors, strict=True):
         zoom = [factor * ts / s for ts, s in zip(t_spacing, spacing, strict=True)]
         if min(np.array(regions.shape[1:]) * zoom) < 1:
             continue
         wt, tc, et = (_scaled(r, zoom) > 0.5 for r in regions)
         focus = np.where(et & tc & wt, 4, np.where(tc & wt, 1, np.where(wt, 2, 0))).astype(np.uint8)
-        start = np.round(centre - (np.array(focus.shape) - 1) / 2).astype(int)
+        start = np.round(center - (np.array(focus.shape) - 1) / 2).astype(int)
         lo, hi = np.maximum(start, 0), np.minimum(start + focus.shape, shape)
         if np.any(hi <= lo):
             continue
@@ -137,12 +137,12 @@ def lesion_mask(
     templates: Sequence[Template],
     rng: np.random.Generator,
     foci: int = 1,
-    centre: Sequence[float] | None = None,
+    center: Sequence[float] | None = None,
     avoid: np.ndarray | None = None,
 ) -> np.ndarray:
     """A BraTS 2021 label map of ``volume_ml`` (whole tumour, all foci) inside ``brain``.
 
-    ``centre``: voxel indices of the first focus (others are placed within 40 mm of it); ``avoid``: voxels
+    ``center``: voxel indices of the first focus (others are placed within 40 mm of it); ``avoid``: voxels
     the lesion must not touch (e.g. a tumour the image already has).
     """
     brain = np.asarray(brain, dtype=bool)
@@ -155,7 +155,7 @@ def lesion_mask(
     if not templates:
         raise MeddiffError("no lesion templates given")
     spacing = tuple(float(s) for s in spacing)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    voxel_ml = voxel_volume_ml(spacing)
     allowed = brain & ~(ndimage.binary_dilation(avoid, iterations=3) if avoid is not None else False)
     capacity = allowed.sum() * voxel_ml
     if volume_ml > MAX_BRAIN_FRACTION * capacity:
@@ -163,25 +163,25 @@ def lesion_mask(
             f"a {volume_ml:g} mL lesion does not fit: the free brain holds {capacity:.0f} mL and a lesion may take "
             f"at most {MAX_BRAIN_FRACTION:.0%} of it ({MAX_BRAIN_FRACTION * capacity:.0f} mL)"
         )
-    if centre is not None:
-        centre = np.asarray(centre, dtype=float)
-        index = tuple(int(round(c)) for c in centre)
+    if center is not None:
+        center = np.asarray(center, dtype=float)
+        index = tuple(int(round(c)) for c in center)
         if len(index) != 3 or any(not 0 <= i < n for i, n in zip(index, brain.shape, strict=True)):
-            raise MeddiffError(f"lesion centre {tuple(centre)} lies outside the image grid {brain.shape}")
+            raise MeddiffError(f"lesion center {tuple(center)} lies outside the image grid {brain.shape}")
         if not allowed[index]:
-            raise MeddiffError(f"lesion centre {index} lies outside the brain (or on the existing tumour)")
+            raise MeddiffError(f"lesion center {index} lies outside the brain (or on the existing tumour)")
     shares = rng.dirichlet(np.full(foci, 4.0)) * volume_ml if foci > 1 else np.array([volume_ml])
     chosen = [templates[int(rng.integers(len(templates)))] for _ in range(foci)]
     variants = [(_warp(t, rng), t.spacing) for t in chosen]
     base = [
-        (share / max(v[0].sum() * float(np.prod(v[1])) / 1000.0, 1e-9)) ** (1 / 3)
+        (share / max(v[0].sum() * voxel_volume_ml(v[1]), 1e-9)) ** (1 / 3)
         for share, v in zip(shares, variants, strict=True)
     ]
-    centres = _centres(allowed, spacing, shares, rng, centre)
+    centers = _centers(allowed, spacing, shares, rng, center)
     target = volume_ml / voxel_ml
 
     def measure(m: float) -> tuple[np.ndarray, int]:
-        label = _render(variants, centres, [b * m for b in base], brain.shape, spacing, allowed)
+        label = _render(variants, centers, [b * m for b in base], brain.shape, spacing, allowed)
         return label, int((label > 0).sum())
 
     lo, hi = 0.3, 3.0
@@ -198,18 +198,18 @@ def lesion_mask(
     if best_err > TOLERANCE:
         raise MeddiffError(
             f"could not place a {volume_ml:g} mL lesion within {TOLERANCE:.0%} here (got {best_err:.1%} off); "
-            "try another centre or fewer foci"
+            "try another center or fewer foci"
         )
     return best
 
 
-def _centres(allowed, spacing, shares, rng, centre) -> list[np.ndarray]:
-    """Focus centres: deep enough inside the free brain for each focus's radius where possible."""
+def _centers(allowed, spacing, shares, rng, center) -> list[np.ndarray]:
+    """Focus centers: deep enough inside the free brain for each focus's radius where possible."""
     depth = ndimage.distance_transform_edt(allowed, sampling=spacing)
     out = []
     for i, share in enumerate(shares):
-        if i == 0 and centre is not None:
-            out.append(np.asarray(centre, dtype=float))
+        if i == 0 and center is not None:
+            out.append(np.asarray(center, dtype=float))
             continue
         radius = (3 * share * 1000 / (4 * np.pi)) ** (1 / 3)  # mm, of a sphere of that volume
         ok = depth >= min(radius * 0.8, depth.max() * 0.8)

@@ -26,7 +26,7 @@ from meddiffusion.data.prepare import brain_range
 from meddiffusion.data.sampling import pad_to
 from meddiffusion.diffusion import build_diffusion_network, make_scheduler, sample
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import LABEL_KEY
+from meddiffusion.io import LABEL_KEY, voxel_volume_ml
 from meddiffusion.synth.data import PLANE_AXIS, build_cond, paint_region, regions_stack
 from meddiffusion.synth.masks import TEMPLATES_FILE, lesion_mask, load_templates
 from meddiffusion.transforms import brain_mask, denormalise, normalise
@@ -40,7 +40,7 @@ MIN_WINDOW = 64
 class LesionRequest:
     volume_ml: float
     foci: int = 1
-    centre: tuple[int, int, int] | None = None
+    center: tuple[int, int, int] | None = None
     seed: int = 0
     steps: int = 10
 
@@ -85,7 +85,7 @@ class LesionSynthesizer:
         brain = brain_mask(raw[self.modalities[0]])
         rng = np.random.default_rng(request.seed)
         lesion = lesion_mask(
-            brain, first.spacing, request.volume_ml, self.templates, rng, request.foci, request.centre, existing > 0
+            brain, first.spacing, request.volume_ml, self.templates, rng, request.foci, request.center, existing > 0
         )
         painted = paint_region(lesion, brain, self.config["margin"])
         ranges = {m: brain_range(v) for m, v in raw.items()}
@@ -97,7 +97,7 @@ class LesionSynthesizer:
             out[painted] = denormalise(filled[i], ranges[m])[painted]
             images[m] = out
         label = np.where(lesion > 0, lesion, existing).astype(np.uint8)
-        voxel_ml = float(np.prod(first.spacing)) / 1000
+        voxel_ml = voxel_volume_ml(first.spacing)
         info = {
             "requested_volume_ml": request.volume_ml,
             "measured_volume_ml": float((lesion > 0).sum() * voxel_ml),

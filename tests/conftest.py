@@ -26,8 +26,8 @@ def real_crop(tmp_path_factory, case_paths) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("real_crop")
     label = load_image(case_paths["label"], label=True)
     coords = np.argwhere(label.data[0].numpy() > 0)
-    centre = coords.mean(0).astype(int)
-    start = np.clip(centre - np.array([32, 32, 16]), 0, np.array(label.spatial_shape) - [64, 64, 32])
+    center = coords.mean(0).astype(int)
+    start = np.clip(center - np.array([32, 32, 16]), 0, np.array(label.spatial_shape) - [64, 64, 32])
     window = tuple(slice(s, s + n) for s, n in zip(start, (64, 64, 32), strict=True))
     out = {}
     for name, path in case_paths.items():

@@ -19,9 +19,9 @@ from meddiffusion.eval.synthesis import intensity_distance, nearest_training_dis
 from meddiffusion.io import load_image
 
 
-def sphere(shape, centre, radius, spacing=(1, 1, 1)):
+def sphere(shape, center, radius, spacing=(1, 1, 1)):
     grid = np.indices(shape).astype(float)
-    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing, strict=True))
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, center, spacing, strict=True))
     return d2 <= radius**2
 
 
@@ -70,7 +70,7 @@ def test_lpips_is_reported_unavailable_rather_than_invented(real_slices):
 
 
 def test_dice_of_two_overlapping_spheres_is_analytic():
-    r, d = 10.0, 10.0  # two spheres of radius r, centres d apart
+    r, d = 10.0, 10.0  # two spheres of radius r, centers d apart
     a = sphere((48, 48, 48), (24, 24, 19), r)
     b = sphere((48, 48, 48), (24, 24, 29), r)
     lens = np.pi * (4 * r + d) * (2 * r - d) ** 2 / 12

@@ -17,10 +17,10 @@ from meddiffusion.data.prepare import brain_normalise, load_case
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image
 from meddiffusion.segmentation.ablation import summary_table, with_overrides
-from meddiffusion.segmentation.baselines import fit_threshold, predict_threshold
 from meddiffusion.segmentation.coding import classes_to_labels, classes_to_regions, decode, labels_to_classes
 from meddiffusion.segmentation.data import SegPatches
 from meddiffusion.segmentation.predict import Segmenter, predict_case
+from meddiffusion.segmentation.threshold import fit_threshold, predict_threshold
 from meddiffusion.segmentation.train import load_seg_config, run_training
 from meddiffusion.training import CHECKPOINT
 from meddiffusion.weights import WEIGHTS_FILE, pretrained

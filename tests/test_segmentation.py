@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from meddiffusion.segmentation.deformable import DeformableAttention, reference_points
+from meddiffusion.segmentation.dualpath import DualPathSegNet
 from meddiffusion.segmentation.losses import (
     HybridLoss,
     boundary_gradient_loss,
     distance_boundary_loss,
     topology_loss,
 )
-from meddiffusion.segmentation.network import DualPathSegNet
 
 pytest.importorskip("cripser", reason="the topology term needs cripser (a dependency)")
 
@@ -36,7 +36,7 @@ def test_deformable_attention_with_zero_offsets_is_bilinear_sampling_at_the_refe
     assert torch.allclose(out, expected, atol=1e-5)
 
 
-def test_reference_points_are_voxel_centres_in_grid_sample_order():
+def test_reference_points_are_voxel_centers_in_grid_sample_order():
     ref = reference_points((2, 4))
     assert ref.shape == (8, 2)
     assert torch.allclose(ref[1], torch.tensor([0.375, 0.25]))  # (x along the last axis, y along the first)

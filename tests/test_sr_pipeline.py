@@ -40,6 +40,7 @@ def tiny_weights(tmp_path_factory):
                 "prediction_type": "sample",
             },
         },
+        network=config.to_dict(),
     )
     return folder
 
@@ -104,13 +105,13 @@ def test_output_affine_keeps_the_world_extent(tmp_path):
     bicubic = SRPipeline.interpolation()
     result = bicubic.upscale(low, affine, (3.0, 1.8, 2.0), UpscaleOptions(scale=2, progress=False))
 
-    def corners(shape, aff):  # outer corners of the field of view (voxel edges, not centres)
+    def corners(shape, aff):  # outer corners of the field of view (voxel edges, not centers)
         pts = np.array(
             [[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5) for k in (-0.5, shape[2] - 0.5)]
         )
         return (aff[:3, :3] @ pts.T).T + aff[:3, 3]
 
-    # in-plane (k-space convention): voxel 0 keeps its centre and the field of view keeps its size, N x spacing
+    # in-plane (k-space convention): voxel 0 keeps its center and the field of view keeps its size, N x spacing
     assert np.allclose(result.affine[:3, 3], affine[:3, 3])
     fov_low = np.array(low.shape) * np.linalg.norm(affine[:3, :3], axis=0)
     fov_high = np.array(result.volume.shape) * np.linalg.norm(result.affine[:3, :3], axis=0)

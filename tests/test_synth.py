@@ -48,14 +48,14 @@ def test_lesion_volume_matches_the_request_within_5_percent_inside_the_brain(bra
     assert set(np.unique(label).tolist()) <= {0, 1, 2, 4} and (label == 1).any()  # a core, not only oedema
 
 
-def test_same_seed_same_lesion_and_centre_is_honoured(brain_2mm):
+def test_same_seed_same_lesion_and_center_is_honoured(brain_2mm):
     brain, spacing, template, existing = brain_2mm
-    centre = tuple(int(c) for c in np.argwhere(brain & ~existing)[len(np.argwhere(brain & ~existing)) // 3])
-    a = lesion_mask(brain, spacing, 2.0, [template], np.random.default_rng(5), centre=centre)
-    b = lesion_mask(brain, spacing, 2.0, [template], np.random.default_rng(5), centre=centre)
+    center = tuple(int(c) for c in np.argwhere(brain & ~existing)[len(np.argwhere(brain & ~existing)) // 3])
+    a = lesion_mask(brain, spacing, 2.0, [template], np.random.default_rng(5), center=center)
+    b = lesion_mask(brain, spacing, 2.0, [template], np.random.default_rng(5), center=center)
     assert np.array_equal(a, b)
     coords = np.argwhere(a > 0).mean(0)
-    assert np.linalg.norm((coords - centre) * 2.0) < 10  # mm
+    assert np.linalg.norm((coords - center) * 2.0) < 10  # mm
 
 
 def test_bad_requests_are_clear_errors(brain_2mm):
@@ -66,7 +66,7 @@ def test_bad_requests_are_clear_errors(brain_2mm):
     with pytest.raises(MeddiffError, match="does not fit"):
         lesion_mask(brain, spacing, 5000.0, [template], rng)
     with pytest.raises(MeddiffError, match="outside the brain"):
-        lesion_mask(brain, spacing, 1.0, [template], rng, centre=(0, 0, 0))
+        lesion_mask(brain, spacing, 1.0, [template], rng, center=(0, 0, 0))
     with pytest.raises(MeddiffError, match="3D"):
         lesion_mask(brain[:, :, 10], spacing, 1.0, [template], rng)
 

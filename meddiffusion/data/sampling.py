@@ -7,14 +7,8 @@ function of (seed, i), so training is reproducible and resumes exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
-import torchio as tio
-from torch.utils.data import Dataset
-
-from meddiffusion.io import LABEL_KEY, modality_names
 
 
 def neighbour_stack(planes: torch.Tensor, index: torch.Tensor | int, neighbours: int) -> torch.Tensor:
@@ -26,7 +20,7 @@ def neighbour_stack(planes: torch.Tensor, index: torch.Tensor | int, neighbours:
 
 
 class PatchSampler:
-    """Chooses (plane, window) pairs: with probability ``foreground_p`` the patch is centred on a random
+    """Chooses (plane, window) pairs: with probability ``foreground_p`` the patch is centered on a random
     foreground voxel (planes with little foreground are skipped), otherwise anywhere in a random plane."""
 
     def __init__(self, mask: torch.Tensor, patch_size: int, foreground_p: float = 1.0, min_fraction: float = 0.05):
@@ -61,42 +55,3 @@ def pad_to(x: torch.Tensor, size: int, mode: str = "replicate") -> torch.Tensor:
     if mode == "constant":
         return torch.nn.functional.pad(x, (0, pw, 0, ph))
     return torch.nn.functional.pad(x[None].float(), (0, pw, 0, ph), mode=mode)[0].to(x.dtype)
-
-
-class SubjectPlanes(Dataset):
-    """2.5D patches of subjects: ``image`` [channels x (2n+1), P, P] and ``label`` [P, P] (if labelled).
-
-    ``axis`` picks the plane normal; the foreground is the label (``label > 0``) when there is one, else
-    non-zero voxels of the first channel.
-    """
-
-    def __init__(
-        self,
-        subjects: Sequence[tio.Subject],
-        axis: int = 2,
-        patch_size: int = 96,
-        neighbours: int = 1,
-        foreground_p: float = 0.5,
-        seed: int = 0,
-        length: int = 10**9,
-    ) -> None:
-        self.neighbours, self.patch_size, self.seed, self.length = neighbours, patch_size, seed, length
-        self.items = []
-        for subject in subjects:
-            channels = torch.stack([subject[m].data[0] for m in modality_names(subject)]).movedim(axis + 1, 1)
-            label = subject[LABEL_KEY].data[0].movedim(axis, 0) if LABEL_KEY in subject else None
-            mask = label > 0 if label is not None else channels[0] != 0
-            self.items.append((channels, label, PatchSampler(mask, patch_size, foreground_p)))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, index])
-        channels, label, sampler = self.items[rng.integers(len(self.items))]
-        plane, window = sampler(rng)
-        stack = torch.cat([neighbour_stack(c, plane, self.neighbours)[0] for c in channels])
-        item = {"image": pad_to(stack[(slice(None), *window)], self.patch_size)}
-        if label is not None:
-            item["label"] = pad_to(label[plane][window], self.patch_size, mode="constant")
-        return item
