@@ -28,8 +28,8 @@ PAT0006 = ROOT.parent / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_
 
 
 def cross_validation(runs: Path, steps: int, folds: int, out: Path, finished_only: bool) -> None:
+    from meddiffusion.app.ablation import cross_validate, summary_table
     from meddiffusion.eval.report import write_csv
-    from meddiffusion.segmentation.ablation import cross_validate, summary_table
     from meddiffusion.segmentation.train import load_seg_config
     from meddiffusion.segmentation.variants import VARIANTS
 

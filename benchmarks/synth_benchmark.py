@@ -219,7 +219,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    synthesizer = LesionSynthesizer(args.weights)
+    synthesizer = LesionSynthesizer.from_pretrained(args.weights)
     cases = load_cases()
     size_rows = size_fidelity(cases, synthesizer) if args.only != "paint" else []
     paint_rows, examples = paint(cases, synthesizer, args.steps) if args.only != "size" else ([], {})

@@ -38,7 +38,7 @@ def synthesize_case(
     force: bool = False,
 ) -> SynthesisResult:
     """Add a lesion to one case; writes one image per modality, the label map and ``<label>.json``."""
-    synthesizer = LesionSynthesizer(weights)
+    synthesizer = LesionSynthesizer.from_pretrained(weights)
     images = modality_outputs(out_image, synthesizer.modalities)
     records = {m: sidecar(path) for m, path in images.items()}
     label_record = sidecar(out_label)
@@ -128,7 +128,7 @@ def generate_cases(recipe: Recipe, n: int, out: str | Path, prefix: str = "synth
     sources = [c for c in read_dataset(recipe.source, recipe.layout) if c.case_id not in recipe.exclude_cases]
     if not sources:
         raise MeddiffError("no source cases left after exclusions", recipe.source)
-    synthesizer = LesionSynthesizer(recipe.weights)
+    synthesizer = LesionSynthesizer.from_pretrained(recipe.weights)
     modalities = synthesizer.modalities
     for sub in ("imagesTr", "labelsTr", "metadata"):
         (out / sub).mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from meddiffusion.io import LABEL_KEY, voxel_volume_ml
 from meddiffusion.synth.data import PLANE_AXIS, build_cond, paint_region, regions_stack
 from meddiffusion.synth.masks import TEMPLATES_FILE, lesion_mask, load_templates
 from meddiffusion.transforms import brain_mask, denormalise, normalise
-from meddiffusion.weights import load_weights, pretrained, weights_hash
+from meddiffusion.weights import check_device, load_weights, pretrained, weights_hash
 
 SHIPPED = "synth-inpaint"
 MIN_WINDOW = 64
@@ -55,16 +55,40 @@ class SynthesisResult:
 
 
 class LesionSynthesizer:
-    """A trained inpainting model with its lesion-shape templates."""
+    """A trained inpainting model with its lesion-shape templates, as a pipeline: load once, call on data.
 
-    def __init__(self, weights: str | Path | None = None, device: str = "cpu") -> None:
-        self.folder = Path(weights) if weights else pretrained(SHIPPED)
-        self.model, self.config = load_weights(self.folder, "synth", build_diffusion_network, device)
-        self.modalities: list[str] = self.config["modalities"]
-        self.templates = load_templates(self.folder / TEMPLATES_FILE)
-        self.scheduler = make_scheduler("ddim", **self.config["schedule"])
-        self.hash = weights_hash(self.folder)
-        self.device = device
+    ``LesionSynthesizer.from_pretrained()(subject, LesionRequest(5.0))`` returns the subject with the lesion
+    painted into every modality the weights know and ``label`` holding the merged label map (BraTS 2021).
+    """
+
+    def __init__(self, model: torch.nn.Module, config: dict, folder: Path, device: str = "cpu") -> None:
+        self.model, self.config, self.folder, self.device = model, config, folder, device
+        self.modalities: list[str] = config["modalities"]
+        self.templates = load_templates(folder / TEMPLATES_FILE)
+        self.scheduler = make_scheduler("ddim", **config["schedule"])
+        self.hash = weights_hash(folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path | None = None, device: str = "cpu") -> LesionSynthesizer:
+        """Load a weights folder written by ``synth train`` (default: the shipped ``synth-inpaint``)."""
+        folder = Path(folder) if folder else pretrained(SHIPPED)
+        model, config = load_weights(folder, "synth", build_diffusion_network, check_device(device))
+        return cls(model, config, folder, device)
+
+    def __call__(
+        self, subject: tio.Subject, request: LesionRequest, convention: str = "brats2021", progress: bool = False
+    ) -> tio.Subject:
+        """The subject with the lesion painted (same grids and affines) and its merged ``label``; the painted
+        mask, the new lesion alone and the record ride along as ``painted``, ``lesion`` and ``info``."""
+        result = self.synthesize(subject, request, convention, progress)
+        out = tio.Subject(**{k: v for k, v in subject.items() if isinstance(v, tio.ScalarImage)})
+        for m, volume in result.images.items():
+            out[m] = tio.ScalarImage(tensor=torch.from_numpy(volume)[None], affine=subject[m].affine)
+        affine = subject[self.modalities[0]].affine
+        for key, volume in (("label", result.label), ("lesion", result.lesion), ("painted", result.painted)):
+            out[key] = tio.LabelMap(tensor=torch.from_numpy(volume.astype(np.int16))[None], affine=affine)
+        out["info"] = result.info
+        return out
 
     def synthesize(
         self, subject: tio.Subject, request: LesionRequest, convention: str = "brats2021", progress: bool = False

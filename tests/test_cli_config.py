@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from meddiffusion.cli import main
+from meddiffusion.app.cli import main
 from meddiffusion.errors import MeddiffError
 from meddiffusion.sr.degradation import low_res_affine
 from meddiffusion.sr.train import load_sr_config

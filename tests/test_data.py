@@ -10,7 +10,7 @@ import torch
 import torchio as tio
 
 from conftest import write_nifti
-from meddiffusion.cli import main
+from meddiffusion.app.cli import main
 from meddiffusion.data import detect_layout, kfold_splits, read_dataset, train_test_split
 from meddiffusion.data.check import check_dataset
 from meddiffusion.data.labels import to_brats2021

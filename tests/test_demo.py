@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from meddiffusion.cli import main
+from meddiffusion.app.cli import main
 from meddiffusion.weights import PRETRAINED
 
 

@@ -9,7 +9,7 @@ from monai.metrics import compute_dice
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import write_nifti
-from meddiffusion.cli import main
+from meddiffusion.app.cli import main
 from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.image import LpipsUnavailable, hfen, lpips_distance, nrmse, psnr, ssim
 from meddiffusion.eval.report import compare_csv, evaluate_folders

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import write_nifti
-from meddiffusion.cli import main
+from meddiffusion.app.cli import main
 
 
 def _truncate(source: Path, target: Path) -> Path:
@@ -114,7 +114,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, real_crop):
 def test_a_closed_pipe_exits_quietly(real_crop):
     """``meddiff ... | head`` printed a BrokenPipeError traceback."""
     files = [str(real_crop["label"])] * 200
-    script = "import sys; from meddiffusion.cli import main; sys.exit(main(sys.argv[1:]))"
+    script = "import sys; from meddiffusion.app.cli import main; sys.exit(main(sys.argv[1:]))"
     reader = subprocess.Popen(
         [sys.executable, "-c", script, "info", *files], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

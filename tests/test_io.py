@@ -4,7 +4,7 @@ import pytest
 import torchio as tio
 
 from conftest import write_nifti
-from meddiffusion.cli import main
+from meddiffusion.app.cli import main
 from meddiffusion.errors import MeddiffError
 from meddiffusion.info import describe
 from meddiffusion.io import load_image, load_subject, save_image, save_nifti

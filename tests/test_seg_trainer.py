@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from meddiffusion.cli import main
+from meddiffusion.app.ablation import summary_table, with_overrides
+from meddiffusion.app.cli import main
 from meddiffusion.data.labels import to_brats2021
 from meddiffusion.data.layouts import input_case, read_dataset
 from meddiffusion.data.prepare import brain_normalise, load_case
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image
-from meddiffusion.segmentation.ablation import summary_table, with_overrides
 from meddiffusion.segmentation.coding import classes_to_labels, classes_to_regions, decode, labels_to_classes
 from meddiffusion.segmentation.data import SegPatches
 from meddiffusion.segmentation.predict import Segmenter, predict_case

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import write_nifti
-from meddiffusion.cli import main
+from meddiffusion.app.cli import main
 from meddiffusion.diffusion import ConditionalUNet, NetworkConfig
 from meddiffusion.io import load_image
 from meddiffusion.sr.degradation import degrade, low_res_affine

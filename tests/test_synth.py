@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import write_nifti
-from meddiffusion.cli import main
+from meddiffusion.app.cli import main
+from meddiffusion.app.study import StudyPreset, run_study
 from meddiffusion.data.check import check_dataset
 from meddiffusion.data.labels import to_brats2021
 from meddiffusion.data.layouts import read_dataset
@@ -19,7 +20,6 @@ from meddiffusion.diffusion import build_diffusion_network
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image, load_subject
 from meddiffusion.segmentation.data import SegPatches
-from meddiffusion.study import StudyPreset, run_study
 from meddiffusion.synth.cases import Distribution, Recipe, generate_cases
 from meddiffusion.synth.masks import Template, ellipsoid_template, lesion_mask
 from meddiffusion.synth.pipeline import LesionRequest, LesionSynthesizer
@@ -103,7 +103,7 @@ def tiny_weights(real_crop, tmp_path_factory):
 
 def test_inpainting_changes_only_the_dilated_lesion_and_is_reproducible(real_crop, tiny_weights):
     weights, _ = tiny_weights
-    synthesizer = LesionSynthesizer(weights)
+    synthesizer = LesionSynthesizer.from_pretrained(weights)
     subject = load_subject({"flair": real_crop["flair"], "t1ce": real_crop["t1ce"]})
     request = LesionRequest(volume_ml=0.3, seed=3, steps=2)
     a = synthesizer.synthesize(subject, request)
@@ -115,6 +115,11 @@ def test_inpainting_changes_only_the_dilated_lesion_and_is_reproducible(real_cro
         assert np.array_equal(a.images[m], b.images[m])
     assert abs(a.info["measured_volume_ml"] - 0.3) / 0.3 <= 0.05
     assert np.array_equal(a.label > 0, a.lesion > 0)
+    out = synthesizer(subject, request)  # the pipeline call: a Subject in, a Subject out, affines kept
+    assert np.array_equal(out["flair"].data[0].numpy(), a.images["flair"])
+    assert np.array_equal(out["label"].data[0].numpy(), a.label) and np.allclose(
+        out["label"].affine, subject["flair"].affine
+    )
 
 
 def test_generated_folder_passes_data_check_and_feeds_the_segmentation_trainer(tiny_weights, tmp_path):

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from meddiffusion.app.ablation import with_overrides
 from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.splits import train_test_split
 from meddiffusion.errors import MeddiffError
@@ -32,7 +33,6 @@ from meddiffusion.eval.report import box_plot, example_plot, write_csv
 from meddiffusion.eval.stats import paired_comparison
 from meddiffusion.io import check_output, modality_names, save_nifti, write_json, write_text
 from meddiffusion.provenance import code_version, file_sha256
-from meddiffusion.segmentation.ablation import with_overrides
 from meddiffusion.segmentation.predict import Segmenter
 from meddiffusion.segmentation.train import load_seg_config
 from meddiffusion.segmentation.train import run_training as train_segmenter

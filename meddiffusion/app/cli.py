@@ -20,7 +20,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from meddiffusion.demo import run_demo
+    from meddiffusion.app.demo import run_demo
 
     metrics = run_demo(
         args.out,
@@ -221,8 +221,8 @@ def _check_case_inputs(case_dir: str | None, files: dict[str, str | None]) -> No
 
 
 def _seg_ablate(args: argparse.Namespace) -> int:
+    from meddiffusion.app.ablation import cross_validate, summary_table
     from meddiffusion.io import check_output, write_text
-    from meddiffusion.segmentation.ablation import cross_validate, summary_table
 
     summary = Path(args.out) / "summary.md"
     if Path(args.out).is_dir():  # an interrupted run continues; a finished one is redone only with --force
@@ -276,7 +276,7 @@ def _synth_cases(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from meddiffusion.study import PRESETS, run_study
+    from meddiffusion.app.study import PRESETS, run_study
 
     preset = PRESETS["quick" if args.quick else "full"]
     if args.seeds is not None:
