@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -57,6 +57,24 @@ class TrainConfig:
             raise ValueError("mixed_precision must be 'no', 'fp16' or 'bf16'")
         if self.steps < 1 or self.batch_size < 1 or self.gradient_accumulation < 1:
             raise ValueError("steps, batch_size and gradient_accumulation must be >= 1")
+
+
+def _cpu_only() -> bool:
+    """No accelerator here: Accelerate then runs several processes (``accelerate launch --multi_gpu``, torchrun)
+    as one CPU group over gloo, instead of as independent single-process runs."""
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return not (
+        torch.cuda.is_available()
+        or (mps is not None and mps.is_available())
+        or (xpu is not None and xpu.is_available())
+    )
+
+
+def process_state() -> PartialState:
+    """This process's place in the run (one process, or one of several): the trainers write run files, weights
+    and logs only on the main process."""
+    return PartialState(cpu=_cpu_only())
 
 
 class _RangeSampler(Sampler[int]):
@@ -110,13 +128,17 @@ def train(
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.gradient_accumulation
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        cpu=_cpu_only(),
     )
     set_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     name, power = LR_SCHEDULES[config.lr_schedule]
+    # Accelerate steps a prepared scheduler once per process at every optimiser step: count in those units
+    n = accelerator.num_processes
     lr_schedule = get_scheduler(
-        name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps, power=power
+        name, optimizer, num_warmup_steps=config.warmup_steps * n, num_training_steps=config.steps * n, power=power
     )
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
@@ -219,12 +241,15 @@ def _with_ema(model: torch.nn.Module, ema: EMAModel, fn: ValidateFn) -> dict[str
 
 
 def _save_checkpoint(accelerator: Accelerator, ema: EMAModel, run_dir: Path, step: int) -> None:
-    """Write the full state to a temporary folder, then swap it in: a crash never leaves a half checkpoint."""
-    accelerator.wait_for_everyone()
+    """Write the full state to a temporary folder, then swap it in: a crash never leaves a half checkpoint.
+    With several processes, each writes its own RNG state: a stale folder is cleared before anyone writes, and the
+    swap waits until all have written."""
     tmp = run_dir / f".{CHECKPOINT}.tmp"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process's RNG state is in the folder before it is swapped in
     if accelerator.is_main_process:
         torch.save(ema.state_dict(), tmp / "ema.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))

@@ -33,7 +33,7 @@ from meddiffusion.segmentation.models import (
 )
 from meddiffusion.segmentation.predict import segment_prepared
 from meddiffusion.segmentation.reweighting import GradNorm
-from meddiffusion.training import TrainConfig, train
+from meddiffusion.training import TrainConfig, process_state, train
 from meddiffusion.weights import record_run, save_weights
 
 REWEIGHTING = ("gradnorm", "none")
@@ -246,16 +246,18 @@ def run_training(config: SegTrainConfig, out: Path, resume: bool = False, stop_a
     )
     model = build_from_weights_config(weights_config(config))
     loss_fn, gradnorm = make_loss(config.loss, config.network.output)
-    out.mkdir(parents=True, exist_ok=True)
     data_list = {
         "train": [c.case_id for c in train_cases],
         "val": [c.case_id for c in val_cases],
         "synthetic": config.data.synthetic,
         "synthetic_cases": len(synthetic),
     }
-    write_json(config_record(config, out), out / "config.json")
-    write_json(data_list, out / "data_list.json")
-    validate = validation(_load(val_cases, config.data), config, out) if val_cases else None
+    main = process_state().is_main_process  # several processes: one writes the run's files
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(config_record(config, out), out / "config.json")
+        write_json(data_list, out / "data_list.json")
+    validate = validation(_load(val_cases, config.data), config, out) if val_cases and main else None
     model = train(
         model,
         dataset,
@@ -268,4 +270,6 @@ def run_training(config: SegTrainConfig, out: Path, resume: bool = False, stop_a
         stop_at=stop_at,
         extra_state=[gradnorm] if gradnorm is not None else [],
     )
+    if not main:
+        return out / "weights"
     return _save(out / "weights", model, config, extra={"data": data_list}, run_dir=out)

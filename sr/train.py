@@ -22,7 +22,7 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.io import write_json
 from meddiffusion.sr.data import SRPairs, Task
 from meddiffusion.sr.degradation import AXES
-from meddiffusion.training import TrainConfig, train
+from meddiffusion.training import TrainConfig, process_state, train
 from meddiffusion.weights import record_run, save_weights
 
 METHODS = ("diffusion", "unet")
@@ -141,10 +141,12 @@ def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at
     model = build_diffusion_network(described)
     scheduler = make_scheduler("ddpm", **dataclasses.asdict(config.schedule))
     loss_fn = diffusion_loss(scheduler) if config.method == "diffusion" else regression_loss
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(config_record(config, out), out / "config.json")
-    data_list = config_record(config, out)["data"]
-    write_json({"train": data_list["train"], "val": data_list["val"]}, out / "data_list.json")
+    main = process_state().is_main_process  # several processes: one writes the run's files
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(config_record(config, out), out / "config.json")
+        data_list = config_record(config, out)["data"]
+        write_json({"train": data_list["train"], "val": data_list["val"]}, out / "data_list.json")
     model = train(
         model,
         train_set,
@@ -157,6 +159,8 @@ def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at
         stop_at=stop_at,
     )
     folder = out / "weights"
+    if not main:
+        return folder
     described["training"] = {"config": config_record(config, folder)}
     save_weights(folder, model, described, network=described.pop("network"))
     record_run(folder, model.n_parameters, out, ("training_log.csv", "validation_log.csv"))

@@ -23,7 +23,7 @@ from meddiffusion.io import write_json
 from meddiffusion.provenance import file_sha256
 from meddiffusion.synth.data import MARGIN, InpaintPairs, cond_channels
 from meddiffusion.synth.masks import TEMPLATES_FILE, save_templates
-from meddiffusion.training import TrainConfig, train
+from meddiffusion.training import TrainConfig, process_state, train
 from meddiffusion.weights import record_run, save_weights
 
 
@@ -94,18 +94,22 @@ def run_training(config: SynthTrainConfig, out: Path, resume: bool = False, stop
     described = weights_config(config)
     model = build_diffusion_network(described)
     scheduler = make_scheduler("ddpm", **dataclasses.asdict(config.schedule))
-    out.mkdir(parents=True, exist_ok=True)
     # the images the generator learns from, by hash: a study proves that no test case reached it
     data_list = {
         "cases": [c.case_id for c in cases],
         "image_sha256": {c.case_id: {m: file_sha256(c.images[m]) for m in config.data.modalities} for c in cases},
     }
-    write_json(config_record(config, out), out / "config.json")
-    write_json(data_list, out / "data_list.json")
+    main = process_state().is_main_process  # several processes: one writes the run's files
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(config_record(config, out), out / "config.json")
+        write_json(data_list, out / "data_list.json")
     model = train(
         model, dataset, diffusion_loss(scheduler), config.train, out, seed=config.seed, resume=resume, stop_at=stop_at
     )
     folder = out / "weights"
+    if not main:
+        return folder
     described["training"] = {"config": config_record(config, folder), "data": data_list}
     save_weights(folder, model, described, network=described.pop("network"))
     save_templates(subjects, folder / TEMPLATES_FILE)
