@@ -76,10 +76,10 @@ class DualPathSegNet(nn.Module):
             self.from_tokens = nn.ModuleList(
                 Convolution(spatial_dims, d_model, c, kernel_size=1, conv_only=True) for c in channels
             )
-            self.norm1 = nn.LayerNorm(d_model)
             self.norm2 = nn.LayerNorm(d_model)
             self.mlp = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model))
             if attention == "deformable":
+                self.norm1 = nn.LayerNorm(d_model)  # windowed attention normalises inside its own block
                 self.attention = DeformableAttention(d_model, spatial_dims, n_heads, n_levels=4, n_points=n_points)
             else:
                 self.attention = nn.ModuleList(WindowAttention(d_model, spatial_dims, n_heads) for _ in channels[1:])

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from meddiffusion.data.sampling import neighbour_stack
 from meddiffusion.diffusion import ConditionalUNet, build_diffusion_network, make_scheduler, sample
 from meddiffusion.errors import MeddiffError
+from meddiffusion.sr import METHODS
 from meddiffusion.sr.data import Task, from_planes, interpolate_volume, to_planes
 from meddiffusion.sr.degradation import (
     AXES,
@@ -35,7 +36,6 @@ from meddiffusion.sr.degradation import (
 from meddiffusion.transforms import denormalise, normalise, robust_range
 from meddiffusion.weights import check_device, load_weights, pretrained, weights_hash
 
-METHODS = ("diffusion", "unet", "bicubic")
 #: shipped weights folder used by each learned method when ``--weights`` is not given
 SHIPPED = {"diffusion": "sr-diffusion", "unet": "sr-unet"}
 
@@ -174,7 +174,8 @@ class SRPipeline:
         }
         if self.model is None:
             mode = "bicubic" if options.axis == "inplane" else "bilinear"  # through-plane: linear along one axis
-            outs = [np.mean([interpolate_volume(low, task, slice_axis, n, mode) for n in normals], axis=0)]
+            families = tqdm(normals, desc=f"{mode} interpolation", disable=not options.progress, leave=False)
+            outs = [np.mean([interpolate_volume(low, task, slice_axis, n, mode) for n in families], axis=0)]
         else:
             info["weights"], info["weights_sha256"] = str(self.folder), self.hash
             outs = _network_samples(self.model, self.config, low, task, slice_axis, normals, options, self.device)

@@ -20,12 +20,11 @@ from meddiffusion.diffusion.loss import diffusion_loss
 from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import write_json
+from meddiffusion.sr import TRAINED
 from meddiffusion.sr.data import SRPairs, Task
 from meddiffusion.sr.degradation import AXES
 from meddiffusion.training import TrainConfig, process_state, train
 from meddiffusion.weights import record_run, save_weights
-
-METHODS = ("diffusion", "unet")
 
 
 @dataclass
@@ -58,8 +57,8 @@ class SRTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}")
+        if self.method not in TRAINED:
+            raise ValueError(f"method must be one of {TRAINED}")
         if self.network.cond_channels != 2 * self.data.neighbours + 1:
             raise ValueError("network.cond_channels must be 2 * data.neighbours + 1")
         if self.network.diffusion != (self.method == "diffusion"):

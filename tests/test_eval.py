@@ -200,8 +200,10 @@ def test_cli_single_files_and_folder_report(real_crop, tmp_path, capsys):
     with Image.open(tmp_path / "report" / "boxplot.png") as png:
         assert png.size[0] > 300 and png.size[1] > 200
     assert "| a |" in (tmp_path / "report" / "report.md").read_text()
-    with Image.open(tmp_path / "report" / "examples.png") as png:
-        assert png.size == (680, 340)
+    with Image.open(tmp_path / "report" / "examples.png") as png:  # the median case's outline is drawn in red
+        pixels = np.asarray(png.convert("RGB")).astype(int)
+        red = (pixels[..., 0] > 200) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
+        assert red.sum() > 20
     stats, skipped = compare_csv(tmp_path / "report" / "a_cases.csv", tmp_path / "report" / "b_cases.csv", ["dice"])
     assert stats["dice"]["mean_diff"] > 0 and not skipped
     # a second report into the same folder needs --force, and leaves the first one untouched

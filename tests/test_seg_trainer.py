@@ -127,8 +127,10 @@ def test_resume_restores_optimizer_and_loss_weights_exactly(crop_list, tmp_path)
 @pytest.mark.parametrize("model", ["unet", "swinunetr"])
 def test_monai_baselines_run_through_the_same_trainer(crop_list, tmp_path, model):
     patch = {"unet": 32, "swinunetr": 64}[model]
-    config = _config(crop_list, steps=2, **{"network.model": model, "data.patch_size": patch})
-    folder = run_training(config, tmp_path / model)
+    overrides = {"network.model": model, "data.patch_size": patch, "train.learning_rate": 3e-3}
+    folder = run_training(_config(crop_list, steps=20, **overrides), tmp_path / model)
+    log = np.genfromtxt(folder / "training_log.csv", delimiter=",", names=True)
+    assert log["dice_loss"][-5:].mean() < log["dice_loss"][:5].mean()  # the baseline learns on the real crop
     labels = Segmenter.from_pretrained(folder).predict(read_dataset(crop_list)[0].load())
     assert labels.shape == (64, 64, 32)
 

@@ -44,10 +44,22 @@ def test_reference_points_are_voxel_centers_in_grid_sample_order():
 
 @pytest.mark.parametrize(("dims", "shape"), [(2, (2, 3, 32, 40)), (3, (1, 2, 16, 16, 24))])
 @pytest.mark.parametrize("variant", [{}, {"attention": "window"}, {"use_transformer": False}, {"use_cnn": False}])
-def test_dual_path_forward_keeps_the_spatial_shape(dims, shape, variant):
+def test_dual_path_forward_keeps_the_spatial_shape_and_every_branch_learns(dims, shape, variant):
+    torch.manual_seed(0)
     net = DualPathSegNet(dims, shape[1], 4, channels=(8, 16, 16, 32), d_model=16, **variant)
     out = net(torch.randn(shape))
     assert out.shape == (shape[0], 4, *shape[2:])
+    # every parameter of the variant's branches receives gradient (a branch cut off from the output would not);
+    # weights drawn at random first, as Deformable DETR's zero-initialised offsets hide the query path at init
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.1)
+    out = net(torch.randn(shape))
+    out.square().mean().backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, dead
+    assert (net.encoder is None) == (variant.get("use_cnn") is False)
+    assert hasattr(net, "attention") == (variant.get("use_transformer") is not False)
 
 
 def test_boundary_gradient_loss_hand_computed():

@@ -15,6 +15,7 @@ from meddiffusion import __version__
 from meddiffusion.errors import MeddiffError
 from meddiffusion.paths import check_input_file, check_output
 from meddiffusion.serialise import json_text
+from meddiffusion.sr import METHODS as SR_METHODS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -336,9 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["inplane", "through"],
         help="inplane: k-space crop on both in-plane axes; through: thick slices (see README)",
     )
-    up.add_argument(
-        "--method", default="diffusion", choices=["diffusion", "unet", "bicubic"], help="default: diffusion"
-    )
+    up.add_argument("--method", default="diffusion", choices=SR_METHODS, help="default: diffusion")
     up.add_argument(
         "--steps",
         type=int,
