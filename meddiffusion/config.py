@@ -134,13 +134,15 @@ def load_train_config(
     """The one config loader of the trainers: ``cls``'s defaults, updated by a YAML file and then by
     ``section.key`` overrides (command-line flags), validated. The data paths at ``path_keys`` (a path or a list
     of paths) are resolved relative to the file that names them (``resolve_data_path``); override paths are taken
-    as given (the command line resolves them against the working directory)."""
+    as given (the command line resolves them against the working directory). A ``section`` of ``""`` is the
+    file's top level."""
     raw = load_yaml(path) if path else {}
     base = Path(path).resolve().parent if path else None
     for section, key in path_keys:
-        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        table = raw if not section else raw.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
         if isinstance(value, str) and value:
-            raw[section][key] = str(resolve_data_path(value, base))
+            table[key] = str(resolve_data_path(value, base))
         elif isinstance(value, list):
-            raw[section][key] = [str(resolve_data_path(v, base)) for v in value]
+            table[key] = [str(resolve_data_path(v, base)) for v in value]
     return with_defaults(cls, raw, overrides, path)

@@ -128,7 +128,19 @@ class DualPathSegNet(nn.Module):
         tokens = [finest, *attended]
         return [proj(t) for proj, t in zip(self.from_tokens, tokens, strict=True)]
 
+    #: parameter-name prefixes of the decoder; everything else is the encoder (both branches and their fusion),
+    #: the part self-supervised pretraining learns and ``seg train --init`` loads
+    DECODER_PREFIXES = ("up.", "decoder.", "head.")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.encode(x)
+        h = features[3]
+        for i in (2, 1, 0):
+            h = self.decoder[i](torch.cat([self.up[i](h), features[i]], dim=1))
+        return self.head(h)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The fused features of the four levels (CNN + Transformer), finest first."""
         multiple = 8
         if any(s % multiple for s in x.shape[2:]):
             raise ValueError(f"spatial size {tuple(x.shape[2:])} must be a multiple of {multiple}")
@@ -141,7 +153,4 @@ class DualPathSegNet(nn.Module):
         if self.use_transformer:
             for i, t in enumerate(self._transformer(x)):
                 features[i] = t if features[i] is None else features[i] + t
-        h = features[3]
-        for i in (2, 1, 0):
-            h = self.decoder[i](torch.cat([self.up[i](h), features[i]], dim=1))
-        return self.head(h)
+        return features  # type: ignore[return-value]

@@ -32,6 +32,7 @@ from meddiffusion.segmentation.models import (
     n_parameters,
 )
 from meddiffusion.segmentation.predict import segment_prepared
+from meddiffusion.segmentation.pretrain import load_pretrained_encoder
 from meddiffusion.segmentation.reweighting import GradNorm
 from meddiffusion.training import TrainConfig, process_state, train
 from meddiffusion.weights import record_run, save_weights
@@ -92,6 +93,8 @@ class SegLossConfig:
 @dataclass
 class SegTrainConfig:
     seed: int = 0
+    #: a pretrained encoder (``ssl pretrain`` weights folder) to start from, or None for a random start
+    init: str | None = None
     data: SegDataConfig = field(default_factory=SegDataConfig)
     network: SegNetworkConfig = field(default_factory=SegNetworkConfig)
     loss: SegLossConfig = field(default_factory=SegLossConfig)
@@ -107,7 +110,7 @@ class SegTrainConfig:
 
 def load_seg_config(path: str | Path | None, overrides: dict | None = None) -> SegTrainConfig:
     """The defaults, updated by a YAML file (paths relative to it) and by ``section.key`` overrides."""
-    return load_train_config(SegTrainConfig, path, overrides, (("data", "data"), ("data", "synthetic")))
+    return load_train_config(SegTrainConfig, path, overrides, (("data", "data"), ("data", "synthetic"), ("", "init")))
 
 
 def training_cases(config: SegDataConfig) -> tuple[list[CaseFiles], list[CaseFiles]]:
@@ -245,6 +248,8 @@ def run_training(config: SegTrainConfig, out: Path, resume: bool = False, stop_a
         modality_dropout=config.data.modality_dropout,
     )
     model = build_from_weights_config(weights_config(config))
+    if config.init:
+        load_pretrained_encoder(model, config.init, weights_config(config))
     loss_fn, gradnorm = make_loss(config.loss, config.network.output)
     data_list = {
         "train": [c.case_id for c in train_cases],

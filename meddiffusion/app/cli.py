@@ -79,10 +79,13 @@ def _data_split(args: argparse.Namespace) -> int:
 #: command-line flag -> the config key it overrides (the same for every trainer that has the flag)
 FLAG_KEYS = {
     "data": "data.data",
+    "init": "init",
     "model": "network.model",
     "steps": "train.steps",
     "mixed_precision": "train.mixed_precision",
 }
+#: flags that name files: relative to the working directory, so made absolute before they reach a config
+PATH_FLAGS = ("data", "init")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -91,8 +94,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     overrides: dict[str, object] = {}
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
+        if value is not None and flag in PATH_FLAGS:
+            value = [str(Path(v).resolve()) for v in value] if isinstance(value, list) else str(Path(value).resolve())
         if value is not None:
-            overrides[key] = str(Path(value).resolve()) if flag == "data" else value
+            overrides[key] = value
     return overrides
 
 
@@ -396,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(handler=_eval_compare)
 
     _add_seg(commands)
+    _add_ssl(commands)
     _add_synth(commands)
     study = commands.add_parser("study", help="does adding synthetic rare cases improve segmentation? (end to end)")
     study.add_argument("--data", required=True, help="real labelled data set (folder or CSV list)")
@@ -428,6 +434,7 @@ def _add_seg(commands) -> None:
     train.add_argument("--synthetic", nargs="+", help="synthetic data-set folder(s) mixed into training")
     train.add_argument("--synthetic-ratio", type=float, default=0.0, help="fraction of patches from --synthetic")
     train.add_argument("--val-cases", nargs="+", help="case ids held out for validation and the best checkpoint")
+    train.add_argument("--init", help="start from a pretrained encoder (an `ssl pretrain` weights folder)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--stop-at", type=int, help="end this run at that step (checkpointed); continue with --resume")
     train.set_defaults(handler=_seg_train)
@@ -449,6 +456,30 @@ def _add_seg(commands) -> None:
     ablate.add_argument("--seed", type=int, default=0)
     ablate.add_argument("--force", action="store_true", help="redo the summary of a finished run")
     ablate.set_defaults(handler=_seg_ablate)
+
+
+def _ssl_pretrain(args: argparse.Namespace) -> int:
+    from meddiffusion.segmentation.pretrain import load_ssl_config, run_pretraining
+
+    config = load_ssl_config(args.config, _overrides(args))
+    folder = run_pretraining(config, Path(args.out), resume=args.resume, stop_at=args.stop_at)
+    print(f"wrote {folder}")
+    return 0
+
+
+def _add_ssl(commands) -> None:
+    ssl = commands.add_parser("ssl", help="self-supervised pretraining of the segmentation encoder (DINO-style)")
+    sub = ssl.add_subparsers(dest="ssl_command", required=True)
+    pretrain = sub.add_parser("pretrain", help="pretrain the dual-path encoder on unlabelled MRI (labels ignored)")
+    pretrain.add_argument("--data", nargs="+", help="image files, case folders or data sets; overrides data.data")
+    pretrain.add_argument("--config", help="YAML config, e.g. configs/ssl_dino.yaml")
+    pretrain.add_argument("--steps", type=int, help="override train.steps")
+    pretrain.add_argument("--out", required=True, help="run folder")
+    pretrain.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    pretrain.add_argument(
+        "--stop-at", type=int, help="end this run at that step (checkpointed); continue with --resume"
+    )
+    pretrain.set_defaults(handler=_ssl_pretrain)
 
 
 def _add_synth(commands) -> None:

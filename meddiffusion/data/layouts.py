@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +133,66 @@ def input_case(path: str | Path | None, files: Mapping[str, str | Path | None]) 
     case = read_case(path) if path is not None else CaseFiles(strip_suffix(next(iter(given.values()))).name, {})
     case.images.update(given)
     return case
+
+
+#: file-name tokens -> modality, most specific first (``TCGA-FG-6692_T1_AX_POST_GAD`` is T1ce, not T1)
+NAME_TOKENS = (
+    ("flair", "flair"),
+    ("t2f", "flair"),
+    ("t1ce", "t1ce"),
+    ("t1c", "t1ce"),
+    ("t1gd", "t1ce"),
+    ("gad", "t1ce"),
+    ("t2w", "t2"),
+    ("t2", "t2"),
+    ("t1n", "t1"),
+    ("t1", "t1"),
+)
+
+
+def modality_from_name(path: str | Path) -> str | None:
+    """The modality a file's name states (``..._FLAIR.nii.gz``, ``...-t1c.nii.gz``, ``..._T1_AX_POST_GAD...``)."""
+    tokens = set(re.split(r"[_\-. ]+", strip_suffix(path).name.lower()))
+    return next((modality for token, modality in NAME_TOKENS if token in tokens), None)
+
+
+def _is_label_name(path: Path) -> bool:
+    tokens = set(re.split(r"[_\-. ]+", strip_suffix(path).name.lower()))
+    return bool(tokens & {"seg", "truth", "label", "labels", "otmulticlass", "brainmask", "mask"})
+
+
+def read_volumes(paths: Sequence[str | Path]) -> list[CaseFiles]:
+    """Unlabelled volumes as cases: a data set (a folder in any layout ``read_dataset`` knows, or a CSV list) gives
+    its cases, a case folder its modalities, an image file (or each file of a folder of them) one case with the
+    modality its name states. A file whose name states no modality is an error naming it. Labels are not read."""
+    cases: list[CaseFiles] = []
+    for entry in map(Path, paths):
+        if entry.is_file() and not image_suffix(entry):  # a CSV list of cases
+            cases += [CaseFiles(c.case_id, c.images) for c in read_dataset(entry)]
+            continue
+        if entry.is_file():
+            files = [entry]
+        elif entry.is_dir():
+            try:
+                cases += [CaseFiles(c.case_id, c.images) for c in read_dataset(entry)]
+                continue
+            except MeddiffError:
+                pass
+            try:
+                cases.append(CaseFiles(entry.name, read_case(entry).images))
+                continue
+            except MeddiffError:
+                files = sorted(p for p in entry.iterdir() if image_suffix(p) and not _is_label_name(p))
+        else:
+            raise MeddiffError("not found", entry)
+        for path in files:
+            modality = modality_from_name(path)
+            if modality is None:
+                raise MeddiffError(f"its name states no modality ({', '.join(MODALITIES)}); rename it", path)
+            cases.append(CaseFiles(strip_suffix(path).name, {modality: path}))
+    if not cases:
+        raise MeddiffError(f"no image volumes in {', '.join(map(str, paths))}")
+    return cases
 
 
 def _read_brats2021(root: Path) -> list[CaseFiles]:
