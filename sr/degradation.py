@@ -152,3 +152,20 @@ def data_consistency(
     spectrum[tuple(mirror_idx)] = np.conj(measured_spectrum)
     spectrum[kept] = measured_spectrum
     return np.real(np.fft.ifftn(spectrum, axes=axes)).astype(np.float32)
+
+
+def physical_consistency(
+    output: np.ndarray, measured: np.ndarray, scale: int, axis: str, slice_axis: int = 2, iterations: int = 30
+) -> tuple[np.ndarray, float]:
+    """``output`` made consistent with the measurement *and* physical: alternating projections (POCS) onto the two
+    convex sets every true image lies in, {degrading it gives ``measured``} (``data_consistency``) and {no value
+    below the measurement's floor} (a magnitude image is not negative; a z-scored one not below its background).
+    The plain projection rings in k-space and puts negative values around the head; ending on the floor makes
+    the output physical exactly, and the returned data-consistency error (max |degrade(output) - measured| over
+    the measured range) says how far from exact the projection left it (it shrinks with ``iterations``)."""
+    floor = float(measured.min())
+    result = output.astype(np.float32)
+    for _ in range(iterations):
+        result = np.maximum(data_consistency(result, measured, scale, axis, slice_axis), floor)
+    error = np.abs(degrade(result - floor, scale, axis, slice_axis) + floor - measured).max()
+    return result, float(error / max(float(measured.max()) - floor, 1e-12))

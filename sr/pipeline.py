@@ -28,9 +28,9 @@ from meddiffusion.sr.data import Task, from_planes, interpolate_volume, to_plane
 from meddiffusion.sr.degradation import (
     AXES,
     check_fits,
-    data_consistency,
     degraded_axes,
     high_res_affine,
+    physical_consistency,
     plane_normals,
 )
 from meddiffusion.transforms import denormalise, normalise, robust_range
@@ -181,7 +181,9 @@ class SRPipeline:
             outs = _network_samples(self.model, self.config, low, task, slice_axis, normals, options, self.device)
         results = [denormalise(o, intensity) + shift for o in outs]
         if options.data_consistency:
-            results = [data_consistency(r, volume, options.scale, options.axis, slice_axis) for r in results]
+            projected = [physical_consistency(r, volume, options.scale, options.axis, slice_axis) for r in results]
+            results = [r for r, _ in projected]
+            info["data_consistency_error"] = max(e for _, e in projected)
         stack = np.stack(results)
         std = stack.std(axis=0).astype(np.float32) if len(results) > 1 else None
         out_affine = high_res_affine(affine, options.scale, options.axis, slice_axis)

@@ -19,7 +19,7 @@ from meddiffusion.sr.degradation import check_fits, degrade, degraded_axes, low_
 from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions, default_slice_axis
 
 #: what an output's record keeps of the pipeline's info (the options are recorded whole)
-RECORDED = ("method", "slice_axis", "intensity_range", "weights", "weights_sha256")
+RECORDED = ("method", "slice_axis", "intensity_range", "weights", "weights_sha256", "data_consistency_error")
 
 
 def sidecars(output: str | Path, with_std: bool) -> dict[str, Path]:
