@@ -9,59 +9,19 @@ Item ``i`` of the data set is a pure function of (seed, i), so runs are reproduc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
+from meddiffusion.data.sampling import PatchSampler, pad_to
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image
 from meddiffusion.sr.degradation import check_fits, degrade, degraded_axes, plane_normals
-from meddiffusion.sr.interpolation import upsample_planes
+from meddiffusion.sr.inference import network_volumes
+from meddiffusion.sr.planes import Task, interpolate_volume, plane_conditions, to_planes
 from meddiffusion.transforms import normalise, robust_range, signal_mask
-
-
-@dataclass(frozen=True)
-class Task:
-    """One degradation the model learns: ``scale`` along ``axis`` (in-plane k-space crop or thick slices)."""
-
-    scale: int
-    axis: str
-
-    def conditions(self) -> list[float]:
-        """The scalar conditions the network receives: log2(scale) and whether it is through-plane."""
-        return [float(np.log2(self.scale)), 1.0 if self.axis == "through" else 0.0]
-
-
-def to_planes(volume: np.ndarray, axis: str, slice_axis: int, plane_normal: int) -> np.ndarray:
-    """Rearrange a volume into a stack of 2D planes ``[N, H, W]`` the network works on.
-
-    In-plane: planes are slices normal to ``slice_axis``. Through-plane: planes contain ``slice_axis``,
-    which is put last (W), and ``plane_normal`` is the other in-plane axis they are stacked along.
-    """
-    if axis == "inplane":
-        return np.moveaxis(volume, slice_axis, 0)
-    rest = next(a for a in range(3) if a not in (plane_normal, slice_axis))
-    return np.transpose(volume, (plane_normal, rest, slice_axis))
-
-
-def from_planes(planes: np.ndarray, axis: str, slice_axis: int, plane_normal: int) -> np.ndarray:
-    """Inverse of ``to_planes``."""
-    if axis == "inplane":
-        return np.moveaxis(planes, 0, slice_axis)
-    rest = next(a for a in range(3) if a not in (plane_normal, slice_axis))
-    order = (plane_normal, rest, slice_axis)
-    return np.transpose(planes, np.argsort(order))
-
-
-def interpolate_volume(low: np.ndarray, task: Task, slice_axis: int, plane_normal: int, mode: str) -> np.ndarray:
-    """Interpolate a degraded volume onto its high-resolution grid (planes in, planes out)."""
-    planes = torch.from_numpy(np.ascontiguousarray(to_planes(low, task.axis, slice_axis, plane_normal)))
-    up = torch.cat([upsample_planes(chunk[:, None], task.scale, task.axis, mode)[:, 0] for chunk in planes.split(64)])
-    return from_planes(up.numpy(), task.axis, slice_axis, plane_normal)
 
 
 class SRPairs(Dataset):
@@ -78,7 +38,9 @@ class SRPairs(Dataset):
         length: int = 10**9,
         augment: bool = True,
         slice_axis: int = 2,
+        prior: tuple[torch.nn.Module, dict] | None = None,
     ) -> None:
+        self.prior = prior
         self.patch_size = patch_size
         self.neighbours = neighbours
         self.residual_scale = residual_scale
@@ -111,19 +73,25 @@ class SRPairs(Dataset):
         high_n, low_n = normalise(high, intensity), normalise(low, intensity)
         mask = signal_mask(high)
         normals = plane_normals(task.axis, slice_axis)
+
+        def planes(volume: np.ndarray, normal: int) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(to_planes(volume, task.axis, slice_axis, normal)))
+
+        # residual diffusion: the regression model's prediction of the whole volume, computed once, as at inference
+        prior = network_volumes(*self.prior, low_n, task, slice_axis, normals)[0] if self.prior else None
         out = []
         for normal in normals:
             up = interpolate_volume(low_n, task, slice_axis, normal, mode="bicubic")
-            planes_mask = torch.from_numpy(np.ascontiguousarray(to_planes(mask, task.axis, slice_axis, normal)))
-            out.append(
-                {
-                    "path": path,
-                    "task": task,
-                    "high": torch.from_numpy(np.ascontiguousarray(to_planes(high_n, task.axis, slice_axis, normal))),
-                    "up": torch.from_numpy(np.ascontiguousarray(to_planes(up, task.axis, slice_axis, normal))),
-                    "sampler": PatchSampler(planes_mask, self.patch_size),
-                }
-            )
+            entry = {
+                "path": path,
+                "task": task,
+                "high": planes(high_n, normal),
+                "up": planes(up, normal),
+                "sampler": PatchSampler(planes(mask, normal), self.patch_size),
+            }
+            if prior is not None:
+                entry["prior"] = planes(prior, normal)
+            out.append(entry)
         return out
 
     def __len__(self) -> int:
@@ -133,14 +101,16 @@ class SRPairs(Dataset):
         rng = np.random.default_rng([self.seed, index])
         entry = self.entries[rng.integers(len(self.entries))]
         plane, window = entry["sampler"](rng)
-        cond = pad_to(neighbour_stack(entry["up"], plane, self.neighbours)[0][(slice(None), *window)], self.patch_size)
+        stack = plane_conditions(entry["up"], entry.get("prior"), plane, self.neighbours)[0]
+        cond = pad_to(stack[(slice(None), *window)], self.patch_size)
         high = pad_to(entry["high"][plane][window][None], self.patch_size)
         if self.augment:
             cond, high = _augment(cond, high, rng, entry["task"])
-        center = cond[self.neighbours : self.neighbours + 1]
+        # the base the target is a residual over: the regression's prediction (last channel), or the interpolation
+        base = cond[-1:] if "prior" in entry else cond[self.neighbours : self.neighbours + 1]
         return {
             "cond": 2.0 * cond - 1.0,
-            "target": (high - center) * self.residual_scale,
+            "target": (high - base) * self.residual_scale,
             "conditions": torch.tensor(entry["task"].conditions(), dtype=torch.float32),
         }
 

@@ -17,14 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 import torchio as tio
-from monai.inferers import sliding_window_inference
 from tqdm.auto import tqdm
 
-from meddiffusion.data.sampling import neighbour_stack
-from meddiffusion.diffusion import ConditionalUNet, build_diffusion_network, make_scheduler, sample
+from meddiffusion.diffusion import ConditionalUNet, build_diffusion_network
 from meddiffusion.errors import MeddiffError
 from meddiffusion.sr import METHODS
-from meddiffusion.sr.data import Task, from_planes, interpolate_volume, to_planes
 from meddiffusion.sr.degradation import (
     AXES,
     check_fits,
@@ -33,6 +30,8 @@ from meddiffusion.sr.degradation import (
     physical_consistency,
     plane_normals,
 )
+from meddiffusion.sr.inference import network_volumes
+from meddiffusion.sr.planes import Task, interpolate_volume
 from meddiffusion.transforms import denormalise, normalise, robust_range
 from meddiffusion.weights import check_device, load_weights, pretrained, weights_hash
 
@@ -105,6 +104,10 @@ class SRPipeline:
             raise MeddiffError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         self.method, self.model, self.config, self.folder, self.device = method, model, config or {}, folder, device
         self.hash = weights_hash(folder) if folder is not None else None
+        # residual diffusion: the regression model whose prediction the diffusion model refines, kept in the
+        # weights folder's ``prior/`` (so the folder alone reproduces the method)
+        prior = self.config.get("prior")
+        self.prior = SRPipeline.from_pretrained(folder / prior, device) if prior and folder is not None else None
 
     @classmethod
     def from_pretrained(cls, name_or_folder: str | Path, device: str = "cpu") -> SRPipeline:
@@ -178,7 +181,30 @@ class SRPipeline:
             outs = [np.mean([interpolate_volume(low, task, slice_axis, n, mode) for n in families], axis=0)]
         else:
             info["weights"], info["weights_sha256"] = str(self.folder), self.hash
-            outs = _network_samples(self.model, self.config, low, task, slice_axis, normals, options, self.device)
+            run = {
+                "batch_size": options.batch_size,
+                "tile": options.tile,
+                "device": self.device,
+                "progress": options.progress,
+            }
+            prior = None
+            if self.prior is not None:  # residual diffusion: the regression's prediction is the base it refines
+                info["prior_weights_sha256"] = self.prior.hash
+                prior = network_volumes(self.prior.model, self.prior.config, low, task, slice_axis, normals, **run)[0]
+            outs = network_volumes(
+                self.model,
+                self.config,
+                low,
+                task,
+                slice_axis,
+                normals,
+                prior=prior,
+                samples=options.samples,
+                steps=options.steps,
+                sampler=options.sampler,
+                seed=options.seed,
+                **run,
+            )
         results = [denormalise(o, intensity) + shift for o in outs]
         if options.data_consistency:
             projected = [physical_consistency(r, volume, options.scale, options.axis, slice_axis) for r in results]
@@ -192,6 +218,8 @@ class SRPipeline:
     def _check_task(self, options: UpscaleOptions) -> None:
         if self.model is None:
             return
+        if self.prior is not None:
+            self.prior._check_task(options)
         if options.scale not in self.config["scales"] or options.axis not in self.config["axes"]:
             raise MeddiffError(
                 f"weights were trained for scales {self.config['scales']} on axes {self.config['axes']}, "
@@ -202,55 +230,3 @@ class SRPipeline:
 
 def _image(volume: np.ndarray, affine: np.ndarray) -> tio.ScalarImage:
     return tio.ScalarImage(tensor=torch.from_numpy(volume)[None], affine=affine)
-
-
-def _network_samples(
-    model: ConditionalUNet,
-    config: dict[str, Any],
-    low: np.ndarray,
-    task: Task,
-    slice_axis: int,
-    normals: list[int],
-    options: UpscaleOptions,
-    device: str,
-) -> list[np.ndarray]:
-    """Run the network plane by plane for every sample; returns one normalised volume per sample."""
-    neighbours = config["neighbours"]
-    residual_scale = config["residual_scale"]
-    scheduler = make_scheduler(options.sampler, **config["schedule"])
-    multiple = model.config.downsampling
-    conditions = torch.tensor([task.conditions()], dtype=torch.float32, device=device)
-    # the interpolated conditioning planes are the same for every sample: computed once per plane family
-    plane_stacks = {
-        normal: torch.from_numpy(
-            np.ascontiguousarray(
-                to_planes(interpolate_volume(low, task, slice_axis, normal, "bicubic"), task.axis, slice_axis, normal)
-            )
-        )
-        for normal in normals
-    }
-    samples = []
-    for k in range(options.samples):
-        generator = torch.Generator(device).manual_seed(options.seed * 1000 + k)
-        per_normal = []
-        for normal, planes in plane_stacks.items():
-            h, w = planes.shape[1:]
-            roi = tuple(min(options.tile, -(-n // multiple) * multiple) for n in (h, w))
-
-            def predict(window: torch.Tensor, generator=generator) -> torch.Tensor:
-                cond = conditions.expand(window.shape[0], -1)
-                return sample(model, scheduler, window, cond, options.steps, generator)
-
-            result = torch.empty_like(planes)
-            batches = torch.arange(planes.shape[0]).split(options.batch_size)
-            label = f"sample {k + 1}/{options.samples}, planes normal to axis {normal}"
-            for idx in tqdm(batches, desc=label, disable=not options.progress, leave=False):
-                cond = (2.0 * neighbour_stack(planes, idx, neighbours) - 1.0).to(device)
-                with torch.no_grad():
-                    residual = sliding_window_inference(
-                        cond, roi, options.batch_size, predict, overlap=0.25, mode="gaussian", cval=-1.0
-                    )
-                result[idx] = planes[idx] + residual[:, 0].cpu() / residual_scale
-            per_normal.append(from_planes(result.numpy(), task.axis, slice_axis, normal))
-        samples.append(np.mean(per_normal, axis=0))
-    return samples

@@ -7,6 +7,7 @@ residual) or the regression baseline on the same backbone (``method: unet``, L1 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import write_json
 from meddiffusion.sr import TRAINED
-from meddiffusion.sr.data import SRPairs, Task
+from meddiffusion.sr.data import SRPairs
 from meddiffusion.sr.degradation import AXES
+from meddiffusion.sr.pipeline import SRPipeline
+from meddiffusion.sr.planes import Task
 from meddiffusion.training import TrainConfig, process_state, train
 from meddiffusion.weights import record_run, save_weights
 
@@ -36,6 +39,9 @@ class SRDataConfig:
     patch_size: int = 48
     neighbours: int = 1
     residual_scale: float = 10.0
+    #: residual diffusion: a regression model's weights folder (``method: unet``); the diffusion model learns the
+    #: residual over its prediction, which is also a conditioning channel. None: the residual over interpolation.
+    prior: str | None = None
 
     def __post_init__(self) -> None:
         if bad := [a for a in self.axes if a not in AXES]:
@@ -59,15 +65,20 @@ class SRTrainConfig:
     def __post_init__(self) -> None:
         if self.method not in TRAINED:
             raise ValueError(f"method must be one of {TRAINED}")
-        if self.network.cond_channels != 2 * self.data.neighbours + 1:
-            raise ValueError("network.cond_channels must be 2 * data.neighbours + 1")
+        channels = 2 * self.data.neighbours + 1 + (1 if self.data.prior else 0)
+        if self.network.cond_channels != channels:
+            raise ValueError(
+                f"network.cond_channels must be {channels} (2 * data.neighbours + 1, plus 1 with a data.prior)"
+            )
+        if self.data.prior and self.method != "diffusion":
+            raise ValueError("data.prior (a regression model to refine) is for method 'diffusion'")
         if self.network.diffusion != (self.method == "diffusion"):
             raise ValueError("network.diffusion must be true exactly for method 'diffusion'")
 
 
 def load_sr_config(path: str | Path, overrides: dict | None = None) -> SRTrainConfig:
     """Load a training config; data paths resolve relative to the config file's folder, and must exist."""
-    config = load_train_config(SRTrainConfig, path, overrides, (("data", "train"), ("data", "val")))
+    config = load_train_config(SRTrainConfig, path, overrides, (("data", "train"), ("data", "val"), ("data", "prior")))
     if not config.data.train:
         raise MeddiffError("data.train lists no volumes", path)
     for split in ("train", "val"):
@@ -106,11 +117,38 @@ def validation(config: SRTrainConfig, val_set: SRPairs, n_patches: int = 32, ste
     return validate
 
 
-def _pairs(config: SRTrainConfig, paths: list[str], seed: int, augment: bool) -> SRPairs:
+def _pairs(config: SRTrainConfig, paths: list[str], seed: int, augment: bool, prior: SRPipeline | None) -> SRPairs:
     data = config.data
     return SRPairs(
-        paths, data.tasks(), data.patch_size, data.neighbours, data.residual_scale, seed=seed, augment=augment
+        paths,
+        data.tasks(),
+        data.patch_size,
+        data.neighbours,
+        data.residual_scale,
+        seed=seed,
+        augment=augment,
+        prior=(prior.model, prior.config) if prior is not None else None,
     )
+
+
+def load_prior(config: SRTrainConfig) -> SRPipeline | None:
+    """The regression model residual diffusion refines; it must do every task the diffusion model learns."""
+    if not config.data.prior:
+        return None
+    prior = SRPipeline.from_pretrained(config.data.prior)
+    if prior.method != "unet":
+        raise MeddiffError(f"data.prior must be regression weights (method 'unet'), not {prior.method!r}", prior.folder)
+    missing = [
+        t for t in config.data.tasks() if t.scale not in prior.config["scales"] or t.axis not in prior.config["axes"]
+    ]
+    if missing or prior.config["neighbours"] != config.data.neighbours:
+        raise MeddiffError(
+            f"data.prior was trained for scales {prior.config['scales']} on axes {prior.config['axes']} with "
+            f"{prior.config['neighbours']} neighbour(s); this run needs {config.data.scales}, {config.data.axes}, "
+            f"{config.data.neighbours}",
+            prior.folder,
+        )
+    return prior
 
 
 def weights_config(config: SRTrainConfig) -> dict:
@@ -131,10 +169,11 @@ def weights_config(config: SRTrainConfig) -> dict:
 def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at: int | None = None) -> Path:
     """Train and write ``out/weights`` (EMA weights + config + training log); returns that folder."""
     torch.manual_seed(config.seed)
-    train_set = _pairs(config, config.data.train, seed=config.seed, augment=True)
+    prior = load_prior(config)
+    train_set = _pairs(config, config.data.train, seed=config.seed, augment=True, prior=prior)
     validate = None
     if config.data.val:
-        val_set = _pairs(config, config.data.val, seed=12345, augment=False)
+        val_set = _pairs(config, config.data.val, seed=12345, augment=False, prior=prior)
         validate = validation(config, val_set)
     described = weights_config(config)
     model = build_diffusion_network(described)
@@ -161,6 +200,9 @@ def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at
     if not main:
         return folder
     described["training"] = {"config": config_record(config, folder)}
+    if prior is not None:  # the folder carries the regression model it refines: it alone reproduces the method
+        shutil.copytree(prior.folder, folder / "prior", dirs_exist_ok=True)
+        described["prior"] = "prior"
     save_weights(folder, model, described, network=described.pop("network"))
     record_run(folder, model.n_parameters, out, ("training_log.csv", "validation_log.csv"))
     return folder

@@ -199,3 +199,48 @@ def test_shipped_weights_upscale_a_real_volume_on_cpu(real_crop, tmp_path):
         assert main(["sr", "upscale", str(lr_path), str(path), "--scale", "2", "--method", method]) == 0
         errors[method] = np.mean((np.asarray(nib.load(path).dataobj) - ref) ** 2)
     assert errors["unet"] < 0.95 * errors["bicubic"]
+
+
+def _sr_weights(folder, method: str, cond_channels: int, seed: int, prior=None):
+    torch.manual_seed(seed)
+    config = NetworkConfig(block_out_channels=[8, 8], norm_num_groups=4, cond_channels=cond_channels)
+    config.diffusion = method == "diffusion"
+    model = ConditionalUNet(config)
+    extra = {
+        "task": "sr",
+        "method": method,
+        "scales": [2, 4],
+        "axes": ["inplane", "through"],
+        "neighbours": 1,
+        "residual_scale": 10.0,
+        "schedule": {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "sample"},
+    }
+    if prior is not None:
+        import shutil
+
+        shutil.copytree(prior, folder / "prior")
+        extra["prior"] = "prior"
+    return save_weights(folder, model, extra, network=config.to_dict()), model
+
+
+@pytest.mark.parametrize("axis", ["inplane", "through"])
+def test_residual_diffusion_with_a_zero_residual_is_the_regression_output(tmp_path, real_crop, axis):
+    """Residual diffusion refines the regression: with its output layer at zero it returns the regression's
+    prediction exactly; the folder carries the regression model it refines."""
+    regression, _ = _sr_weights(tmp_path / "unet", "unet", 3, seed=1)
+    residual, model = _sr_weights(tmp_path / "residual", "diffusion", 4, seed=2, prior=regression)
+    high = load_image(real_crop["t1ce"]).data[0].numpy()
+    low = degrade(high, 2, axis)
+    options = UpscaleOptions(scale=2, axis=axis, steps=3, samples=2, data_consistency=False, progress=False)
+    pipeline = SRPipeline.from_pretrained(residual)
+    assert pipeline.prior is not None and pipeline.prior.method == "unet"
+    expected = SRPipeline.from_pretrained(regression).upscale(low, np.eye(4), (1, 1, 1), options).volume
+    with torch.no_grad():
+        for name, parameter in pipeline.model.named_parameters():
+            if "conv_out" in name:
+                parameter.zero_()
+    result = pipeline.upscale(low, np.eye(4), (1, 1, 1), options)
+    assert np.allclose(result.volume, expected, atol=1e-4) and np.allclose(result.std, 0, atol=1e-5)
+    assert len(result.info["prior_weights_sha256"]) == 64
+    untouched = SRPipeline.from_pretrained(residual).upscale(low, np.eye(4), (1, 1, 1), options)
+    assert not np.allclose(untouched.volume, expected, atol=1e-3)  # a non-zero residual does change it

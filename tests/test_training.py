@@ -5,7 +5,8 @@ import torch
 
 from meddiffusion.diffusion import ConditionalUNet, NetworkConfig, make_scheduler
 from meddiffusion.errors import MeddiffError
-from meddiffusion.sr.data import SRPairs, Task
+from meddiffusion.sr.data import SRPairs
+from meddiffusion.sr.planes import Task
 from meddiffusion.sr.train import diffusion_loss, regression_loss
 from meddiffusion.training import TrainConfig, train
 
@@ -67,3 +68,44 @@ def test_resume_restores_optimizer_and_continues_identically(pairs, tmp_path, di
     resumed = train(_small_model(diffusion), pairs, loss_fn, config, tmp_path / "b", seed=1, resume=True)
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+class _NoiseResiduals(torch.utils.data.Dataset):
+    """A toy residual-diffusion set: conditioning images, and residuals that are pure zero-mean noise (what is left
+    over an optimal regression): the trained model's mean of samples must then be the regression output itself."""
+
+    def __len__(self) -> int:
+        return 10**6
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(index)
+        return {
+            "cond": torch.rand(4, 16, 16, generator=g) * 2 - 1,
+            "target": torch.randn(1, 16, 16, generator=g),
+            "conditions": torch.tensor([1.0, 0.0]),
+        }
+
+
+def test_the_mean_of_residual_samples_of_a_trained_toy_model_approaches_the_regression_output(tmp_path):
+    from meddiffusion.diffusion import sample
+
+    torch.manual_seed(0)
+    model = ConditionalUNet(NetworkConfig(block_out_channels=[16, 16], norm_num_groups=8, cond_channels=4))
+    scheduler = make_scheduler("ddpm")
+    cond = torch.rand(16, 4, 16, 16) * 2 - 1
+    conditions = torch.tensor([[1.0, 0.0]]).expand(16, -1)
+
+    def bias_and_spread(net) -> tuple[float, float]:
+        ddim = make_scheduler("ddim")
+        draws = torch.stack(
+            [sample(net.eval(), ddim, cond, conditions, 4, torch.Generator().manual_seed(k)) for k in range(8)]
+        )
+        return float(draws.mean()), float(draws.std(0).mean())
+
+    config = TrainConfig(
+        steps=150, batch_size=16, learning_rate=2e-3, warmup_steps=0, checkpoint_every=150, ema_decay=0.0
+    )
+    trained = train(model, _NoiseResiduals(), diffusion_loss(scheduler), config, tmp_path / "run", seed=0)
+    bias, spread = bias_and_spread(trained)
+    assert abs(bias) < 0.05  # the mean of samples is the regression output (a zero residual on average)
+    assert 0.5 < spread < 1.5  # while single samples vary like the true residual (the uncertainty the std map shows)

@@ -38,7 +38,8 @@ def make_scheduler(
     if name == "ddpm":
         return DDPMScheduler(**common, clip_sample=False)
     if name == "ddim":
-        return DDIMScheduler(**common, clip_sample=False, timestep_spacing="trailing", set_alpha_to_one=False)
+        # the last step returns the predicted clean sample itself (``set_alpha_to_one``), not one with a trace of noise
+        return DDIMScheduler(**common, clip_sample=False, timestep_spacing="trailing", set_alpha_to_one=True)
     if name == "dpm++":
         return DPMSolverMultistepScheduler(
             **common, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing"
