@@ -23,7 +23,10 @@ LABELS = {"background": 0, "necrotic_core": 1, "oedema": 2, "enhancing": 4}
 
 
 def modality_outputs(out_image: str | Path, modalities: list[str]) -> dict[str, Path]:
-    """``out.nii.gz`` -> ``out_flair.nii.gz``, ``out_t1ce.nii.gz`` ... (one file per modality)."""
+    """Where each painted modality is written: one modality -> exactly ``out_image``; several ->
+    ``out.nii.gz`` -> ``out_flair.nii.gz``, ``out_t1ce.nii.gz`` ... (one file per modality)."""
+    if len(modalities) == 1:
+        return {modalities[0]: Path(out_image)}
     stem = strip_suffix(out_image)
     suffix = str(out_image)[len(str(stem)) :] or ".nii.gz"
     return {m: stem.with_name(f"{stem.name}_{m}{suffix}") for m in modalities}
@@ -36,8 +39,10 @@ def synthesize_case(
     request: LesionRequest,
     weights: str | Path | None = None,
     force: bool = False,
+    avoid: np.ndarray | None = None,
 ) -> SynthesisResult:
-    """Add a lesion to one case; writes one image per modality, the label map and ``<label>.json``."""
+    """Add a lesion to one case, off its tumour and off ``avoid``; writes one image per painted modality (named
+    by ``modality_outputs``, each with its JSON record), the label map and ``<label>.json``."""
     synthesizer = LesionSynthesizer.from_pretrained(weights)
     images = modality_outputs(out_image, synthesizer.modalities)
     records = {m: sidecar(path) for m, path in images.items()}
@@ -48,7 +53,7 @@ def synthesize_case(
     if missing:
         raise MeddiffError(f"the synthesis weights need modality {', '.join(missing)}, which the input lacks")
     subject = load_subject({m: case.images[m] for m in synthesizer.modalities}, case.label, case_id=case.case_id)
-    result = synthesizer.synthesize(subject, request, case.convention, progress=True)
+    result = synthesizer.synthesize(subject, request, case.convention, progress=True, avoid=avoid)
     affine = subject[synthesizer.modalities[0]].affine
     metadata = _metadata(case, synthesizer, result)
     for m, path in images.items():

@@ -24,6 +24,8 @@ from meddiffusion.io import LABEL_KEY, voxel_volume_ml
 
 #: the largest fraction of the free brain a requested lesion may take
 MAX_BRAIN_FRACTION = 0.4
+#: focus centers keep this far (mm) from the brain's edge where the brain allows (gliomas grow inside it)
+EDGE_MM = 10.0
 TOLERANCE = 0.05
 TEMPLATES_FILE = "templates.npz"
 _SEVERITY = np.array([0, 2, 1, 0, 3])  # label -> rank: background < oedema (2) < core (1) < enhancing (4)
@@ -212,7 +214,7 @@ def _centers(allowed, spacing, shares, rng, center) -> list[np.ndarray]:
             out.append(np.asarray(center, dtype=float))
             continue
         radius = (3 * share * 1000 / (4 * np.pi)) ** (1 / 3)  # mm, of a sphere of that volume
-        ok = depth >= min(radius * 0.8, depth.max() * 0.8)
+        ok = depth >= min(max(radius * 0.8, EDGE_MM), depth.max() * 0.8)
         if out:  # later foci near the first: multifocal, not scattered over the whole brain
             grid = np.indices(allowed.shape).reshape(3, -1).T * np.asarray(spacing)
             near = np.linalg.norm(grid - out[0] * np.asarray(spacing), axis=1).reshape(allowed.shape) <= 40

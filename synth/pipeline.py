@@ -91,9 +91,17 @@ class LesionSynthesizer:
         return out
 
     def synthesize(
-        self, subject: tio.Subject, request: LesionRequest, convention: str = "brats2021", progress: bool = False
+        self,
+        subject: tio.Subject,
+        request: LesionRequest,
+        convention: str = "brats2021",
+        progress: bool = False,
+        avoid: np.ndarray | None = None,
     ) -> SynthesisResult:
-        """Add a lesion to ``subject`` (its modalities must include the weights'; a label is kept and merged)."""
+        """Add a lesion to ``subject`` (its modalities must include the weights'; a label is kept and merged).
+
+        The lesion stays off the subject's own tumour (its label) and off ``avoid`` (e.g. a tumour a segmenter
+        found in an unlabelled scan); painted values stay within each image's own range."""
         missing = [m for m in self.modalities if m not in subject]
         if missing:
             raise MeddiffError(f"the synthesis weights need modality {', '.join(missing)}")
@@ -108,17 +116,21 @@ class LesionSynthesizer:
         )
         brain = brain_mask(raw[self.modalities[0]])
         rng = np.random.default_rng(request.seed)
+        blocked = existing > 0 if avoid is None else (existing > 0) | np.asarray(avoid, dtype=bool)
         lesion = lesion_mask(
-            brain, first.spacing, request.volume_ml, self.templates, rng, request.foci, request.center, existing > 0
+            brain, first.spacing, request.volume_ml, self.templates, rng, request.foci, request.center, blocked
         )
         painted = paint_region(lesion, brain, self.config["margin"])
         ranges = {m: brain_range(v) for m, v in raw.items()}
         norm = np.stack([np.where(brain, normalise(raw[m], ranges[m]), 0.0) for m in self.modalities])
         filled = self._paint(norm, regions_stack(lesion), painted, request, progress)
-        images = {}
+        images, clipped = {}, 0
         for i, m in enumerate(self.modalities):
             out = raw[m].copy()
-            out[painted] = denormalise(filled[i], ranges[m])[painted]
+            values = denormalise(filled[i], ranges[m])[painted]
+            low, high = float(raw[m].min()), float(raw[m].max())  # no MRI magnitude outside the host's own range
+            clipped += int(((values < low) | (values > high)).sum())
+            out[painted] = np.clip(values, low, high)
             images[m] = out
         label = np.where(lesion > 0, lesion, existing).astype(np.uint8)
         voxel_ml = voxel_volume_ml(first.spacing)
@@ -127,6 +139,7 @@ class LesionSynthesizer:
             "measured_volume_ml": float((lesion > 0).sum() * voxel_ml),
             "request": dataclasses.asdict(request),
             "painted_voxels": int(painted.sum()),
+            "clipped_to_host_range": clipped,
             "weights": str(self.folder),
             "weights_sha256": self.hash,
         }

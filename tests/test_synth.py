@@ -48,6 +48,20 @@ def test_lesion_volume_matches_the_request_within_5_percent_inside_the_brain(bra
     assert set(np.unique(label).tolist()) <= {0, 1, 2, 4} and (label == 1).any()  # a core, not only oedema
 
 
+def test_placement_keeps_off_a_given_tumour_and_away_from_the_brain_edge(brain_2mm):
+    """The issue's lesion landed on the patient's own tumour: a region to avoid (a label or what a segmenter found)
+    is never touched, with a margin, and focus centers sit at least 10 mm inside the brain."""
+    from scipy import ndimage
+
+    brain, spacing, template, existing = brain_2mm
+    for seed in range(5):
+        label = lesion_mask(brain, spacing, 3.0, [template], np.random.default_rng(seed), avoid=existing)
+        assert not (label > 0)[ndimage.binary_dilation(existing, iterations=3)].any()
+        depth = ndimage.distance_transform_edt(brain, sampling=spacing)
+        center = np.round(np.argwhere(label > 0).mean(0)).astype(int)
+        assert depth[tuple(center)] >= 10.0
+
+
 def test_same_seed_same_lesion_and_center_is_honoured(brain_2mm):
     brain, spacing, template, existing = brain_2mm
     center = tuple(int(c) for c in np.argwhere(brain & ~existing)[len(np.argwhere(brain & ~existing)) // 3])
@@ -115,6 +129,10 @@ def test_inpainting_changes_only_the_dilated_lesion_and_is_reproducible(real_cro
         assert np.array_equal(a.images[m], b.images[m])
     assert abs(a.info["measured_volume_ml"] - 0.3) / 0.3 <= 0.05
     assert np.array_equal(a.label > 0, a.lesion > 0)
+    for m in ("flair", "t1ce"):  # painted values stay within the host image's own range
+        original = subject[m].data[0].numpy()
+        assert original.min() <= a.images[m].min() and a.images[m].max() <= original.max()
+    assert a.info["clipped_to_host_range"] >= 0
     out = synthesizer(subject, request)  # the pipeline call: a Subject in, a Subject out, affines kept
     assert np.array_equal(out["flair"].data[0].numpy(), a.images["flair"])
     assert np.array_equal(out["label"].data[0].numpy(), a.label) and np.allclose(
@@ -232,3 +250,26 @@ def test_quick_study_runs_end_to_end_on_a_tiny_real_subset(real_crop, tmp_path):
     text = report.read_text()
     assert "Paired comparison" in text and "real+synthetic" in text
     assert (tmp_path / "study" / "study_boxplot.png").exists()
+
+
+def test_lesion_inputs_as_users_have_them(real_crop, tmp_path, capsys):
+    """One image (modality from --modality or its name) is a case of that modality; one painted modality is written
+    to exactly the named file; a modality the weights need and the input lacks is a one-line error."""
+    from meddiffusion.app.lesion import lesion_case
+    from meddiffusion.synth.cases import modality_outputs
+
+    image = tmp_path / "scan.nii.gz"
+    image.write_bytes(real_crop["flair"].read_bytes())
+    assert lesion_case(str(image), {}, "flair").images == {"flair": image}
+    named = tmp_path / "patient_FLAIR.nii.gz"
+    named.write_bytes(real_crop["flair"].read_bytes())
+    assert set(lesion_case(str(named), {}, None).images) == {"flair"}
+    with pytest.raises(MeddiffError, match="--modality"):
+        lesion_case(str(image), {}, None)
+    assert modality_outputs(tmp_path / "o.nii.gz", ["flair"]) == {"flair": tmp_path / "o.nii.gz"}
+    assert modality_outputs(tmp_path / "o.nii.gz", ["flair", "t1ce"])["t1ce"] == tmp_path / "o_t1ce.nii.gz"
+    argv = ["synth", "lesion", str(image), "--modality", "flair", "--volume-ml", "2"]
+    argv += ["--out-image", str(tmp_path / "o.nii.gz"), "--out-label", str(tmp_path / "l.nii.gz")]
+    argv += ["--exclude-label", str(real_crop["label"])]
+    assert main(argv) == 2
+    assert "need modality t1ce" in capsys.readouterr().err and not (tmp_path / "l.nii.gz").exists()

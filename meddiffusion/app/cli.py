@@ -259,15 +259,21 @@ def _synth_lesion(args: argparse.Namespace) -> int:
         if len(center) != 3:
             raise MeddiffError(f"--center takes three voxel indices X,Y,Z, got {args.center!r}")
     files = {m: getattr(args, m) for m in ("t1", "t1ce", "t2", "flair")}
-    _check_case_inputs(args.input, files)
+    if args.input is not None and not Path(args.input).is_dir():
+        check_input_file(args.input)
+    _check_case_inputs(args.input if args.input and Path(args.input).is_dir() else None, files)
+    if args.exclude_label:
+        check_input_file(args.exclude_label)
     check_output(args.out_label, args.force)
-    from meddiffusion.data.layouts import input_case
-    from meddiffusion.synth.cases import synthesize_case
+    from meddiffusion.app.lesion import describe_outputs, lesion_case, tumour_to_avoid
+    from meddiffusion.synth.cases import modality_outputs, synthesize_case
     from meddiffusion.synth.pipeline import LesionRequest
 
-    case = input_case(args.input, files)
+    case = lesion_case(args.input, files, args.modality)
+    avoid = tumour_to_avoid(case, args.exclude_label)
     request = LesionRequest(args.volume_ml, args.foci, center, args.seed, args.steps)
-    result = synthesize_case(case, args.out_image, args.out_label, request, args.weights, force=args.force)
+    result = synthesize_case(case, args.out_image, args.out_label, request, args.weights, args.force, avoid)
+    print(f"painted: {describe_outputs(modality_outputs(args.out_image, sorted(result.images)))}")
     print(f"lesion {result.info['measured_volume_ml']:.2f} mL (requested {args.volume_ml:g}); wrote {args.out_label}")
     return 0
 
@@ -495,7 +501,11 @@ def _add_synth(commands) -> None:
     train.set_defaults(handler=_synth_train)
 
     lesion = sub.add_parser("lesion", help="paint one lesion into a case")
-    lesion.add_argument("input", nargs="?", help="case folder (BraTS 2021/2023 naming); or give --flair/--t1ce ...")
+    lesion.add_argument(
+        "input", nargs="?", help="an image (see --modality), a case folder (BraTS naming), or give --flair/--t1ce ..."
+    )
+    lesion.add_argument("--modality", choices=["t1", "t1ce", "t2", "flair"], help="of a single input image")
+    lesion.add_argument("--exclude-label", help="label map of abnormal tissue to keep the lesion away from")
     for m in ("t1", "t1ce", "t2", "flair"):
         lesion.add_argument(f"--{m}", help=f"{m} image")
     lesion.add_argument("--volume-ml", type=float, required=True, help="whole-tumour volume of the new lesion")
@@ -504,7 +514,9 @@ def _add_synth(commands) -> None:
     lesion.add_argument("--seed", type=int, default=0)
     lesion.add_argument("--steps", type=int, default=10, help="sampler steps per plane")
     lesion.add_argument("--weights", help="weights folder (default: the shipped synthesis weights)")
-    lesion.add_argument("--out-image", required=True, help="OUT.nii.gz -> OUT_<modality>.nii.gz per modality")
+    lesion.add_argument(
+        "--out-image", required=True, help="one painted image: exactly this file; several: OUT_<modality>.nii.gz"
+    )
     lesion.add_argument("--out-label", required=True, help="label map (BraTS 2021); LABEL.json records the case")
     lesion.add_argument("--force", action="store_true")
     lesion.set_defaults(handler=_synth_lesion)
