@@ -23,7 +23,9 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from meddiffusion.config import config_record
 from meddiffusion.errors import MeddiffError
+from meddiffusion.io import write_json
 from meddiffusion.provenance import code_state
 
 CHECKPOINT = "checkpoint"
@@ -75,6 +77,17 @@ def process_state() -> PartialState:
     """This process's place in the run (one process, or one of several): the trainers write run files, weights
     and logs only on the main process."""
     return PartialState(cpu=_cpu_only())
+
+
+def write_run_files(out: Path, config: Any, data_list: dict[str, Any]) -> bool:
+    """Create the run folder and write ``config.json`` (paths relative to it) and ``data_list.json``, on the main
+    process only. Returns whether this is the main process: the one that also writes the weights."""
+    main = process_state().is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(config_record(config, out), out / "config.json")
+        write_json(data_list, out / "data_list.json")
+    return main
 
 
 class _RangeSampler(Sampler[int]):

@@ -24,12 +24,12 @@ from meddiffusion.data.labels import region_masks
 from meddiffusion.data.layouts import read_dataset, read_volumes
 from meddiffusion.data.prepare import load_case
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import LABEL_KEY, modality_names, write_json
+from meddiffusion.io import LABEL_KEY, modality_names
 from meddiffusion.segmentation.dino import DINOHead, DINOModel, DINOObjective
 from meddiffusion.segmentation.dualpath import DualPathSegNet
 from meddiffusion.segmentation.models import SegNetworkConfig, build_from_weights_config
 from meddiffusion.segmentation.views import PlaneViews, plane_patch
-from meddiffusion.training import TrainConfig, process_state, train
+from meddiffusion.training import TrainConfig, process_state, train, write_run_files
 from meddiffusion.weights import load_weights, record_run, save_weights
 
 
@@ -156,12 +156,7 @@ def run_pretraining(config: SSLConfig, out: Path, resume: bool = False, stop_at:
         def validate(model: nn.Module) -> dict[str, float]:
             return {"knn_accuracy_teacher": score(objective.teacher), "knn_accuracy_student": score(model)}
 
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(config_record(config, out), out / "config.json")
-        write_json(
-            {"volumes": {c.case_id: {m: str(p) for m, p in c.images.items()} for c in cases}}, out / "data_list.json"
-        )
+    write_run_files(out, config, {"volumes": {c.case_id: {m: str(p) for m, p in c.images.items()} for c in cases}})
     train(
         student,
         dataset,

@@ -34,7 +34,7 @@ from meddiffusion.segmentation.models import (
 from meddiffusion.segmentation.predict import segment_prepared
 from meddiffusion.segmentation.pretrain import load_pretrained_encoder
 from meddiffusion.segmentation.reweighting import GradNorm
-from meddiffusion.training import TrainConfig, process_state, train
+from meddiffusion.training import TrainConfig, train, write_run_files
 from meddiffusion.weights import record_run, save_weights
 
 REWEIGHTING = ("gradnorm", "none")
@@ -257,11 +257,7 @@ def run_training(config: SegTrainConfig, out: Path, resume: bool = False, stop_a
         "synthetic": config.data.synthetic,
         "synthetic_cases": len(synthetic),
     }
-    main = process_state().is_main_process  # several processes: one writes the run's files
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(config_record(config, out), out / "config.json")
-        write_json(data_list, out / "data_list.json")
+    main = write_run_files(out, config, data_list)
     validate = validation(_load(val_cases, config.data), config, out) if val_cases and main else None
     model = train(
         model,

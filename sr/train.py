@@ -20,13 +20,12 @@ from meddiffusion.diffusion import NetworkConfig, build_diffusion_network, make_
 from meddiffusion.diffusion.loss import diffusion_loss
 from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import write_json
 from meddiffusion.sr import TRAINED
 from meddiffusion.sr.data import SRPairs
 from meddiffusion.sr.degradation import AXES
 from meddiffusion.sr.pipeline import SRPipeline
 from meddiffusion.sr.planes import Task
-from meddiffusion.training import TrainConfig, process_state, train
+from meddiffusion.training import TrainConfig, train, write_run_files
 from meddiffusion.weights import record_run, save_weights
 
 
@@ -179,12 +178,8 @@ def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at
     model = build_diffusion_network(described)
     scheduler = make_scheduler("ddpm", **dataclasses.asdict(config.schedule))
     loss_fn = diffusion_loss(scheduler) if config.method == "diffusion" else regression_loss
-    main = process_state().is_main_process  # several processes: one writes the run's files
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(config_record(config, out), out / "config.json")
-        data_list = config_record(config, out)["data"]
-        write_json({"train": data_list["train"], "val": data_list["val"]}, out / "data_list.json")
+    data_list = config_record(config, out)["data"]
+    main = write_run_files(out, config, {"train": data_list["train"], "val": data_list["val"]})
     model = train(
         model,
         train_set,

@@ -19,11 +19,10 @@ from meddiffusion.diffusion import NetworkConfig, build_diffusion_network, make_
 from meddiffusion.diffusion.loss import diffusion_loss
 from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import write_json
 from meddiffusion.provenance import file_sha256
 from meddiffusion.synth.data import MARGIN, InpaintPairs, cond_channels
 from meddiffusion.synth.masks import TEMPLATES_FILE, save_templates
-from meddiffusion.training import TrainConfig, process_state, train
+from meddiffusion.training import TrainConfig, train, write_run_files
 from meddiffusion.weights import record_run, save_weights
 
 
@@ -99,11 +98,7 @@ def run_training(config: SynthTrainConfig, out: Path, resume: bool = False, stop
         "cases": [c.case_id for c in cases],
         "image_sha256": {c.case_id: {m: file_sha256(c.images[m]) for m in config.data.modalities} for c in cases},
     }
-    main = process_state().is_main_process  # several processes: one writes the run's files
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(config_record(config, out), out / "config.json")
-        write_json(data_list, out / "data_list.json")
+    main = write_run_files(out, config, data_list)
     model = train(
         model, dataset, diffusion_loss(scheduler), config.train, out, seed=config.seed, resume=resume, stop_at=stop_at
     )

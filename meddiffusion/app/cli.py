@@ -101,13 +101,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return overrides
 
 
+def _train_with(load, run, args: argparse.Namespace) -> int:
+    """A trainer's command: its config (file + flags) -> ``run`` into ``--out`` (resumed, stopped as asked)."""
+    folder = run(load(args.config, _overrides(args)), Path(args.out), resume=args.resume, stop_at=args.stop_at)
+    print(f"wrote {folder}")
+    return 0
+
+
 def _sr_train(args: argparse.Namespace) -> int:
     from meddiffusion.sr.train import load_sr_config, run_training
 
-    config = load_sr_config(args.config, _overrides(args))
-    folder = run_training(config, Path(args.out), resume=args.resume, stop_at=args.stop_at)
-    print(f"weights written to {folder}")
-    return 0
+    return _train_with(load_sr_config, run_training, args)
 
 
 def _sr_upscale(args: argparse.Namespace) -> int:
@@ -243,10 +247,7 @@ def _seg_ablate(args: argparse.Namespace) -> int:
 def _synth_train(args: argparse.Namespace) -> int:
     from meddiffusion.synth.train import load_synth_config, run_training
 
-    config = load_synth_config(args.config, _overrides(args))
-    folder = run_training(config, Path(args.out), resume=args.resume, stop_at=args.stop_at)
-    print(f"wrote {folder}")
-    return 0
+    return _train_with(load_synth_config, run_training, args)
 
 
 def _synth_lesion(args: argparse.Namespace) -> int:
@@ -467,10 +468,7 @@ def _add_seg(commands) -> None:
 def _ssl_pretrain(args: argparse.Namespace) -> int:
     from meddiffusion.segmentation.pretrain import load_ssl_config, run_pretraining
 
-    config = load_ssl_config(args.config, _overrides(args))
-    folder = run_pretraining(config, Path(args.out), resume=args.resume, stop_at=args.stop_at)
-    print(f"wrote {folder}")
-    return 0
+    return _train_with(load_ssl_config, run_pretraining, args)
 
 
 def _add_ssl(commands) -> None:
