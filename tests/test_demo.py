@@ -33,5 +33,8 @@ def test_demo_writes_volumes_panel_and_provenance(tmp_path, capsys):
     assert metrics["unet"]["hfen"] < metrics["bicubic"]["hfen"]
     record = json.loads((out / "provenance.json").read_text())
     assert len(record["weights_sha256"]["diffusion"]) == 64
+    # how it was made: the exact command line, the code state (commit, dirty flag), the package versions
+    assert "demo" in record["command"] and {"commit", "dirty"} <= set(record["code"])
+    assert record["packages"]["torch"].startswith("2.")
     assert main(["demo", "--out", str(out)]) == 2  # no overwrite without --force
     assert "--force" in capsys.readouterr().err

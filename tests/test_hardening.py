@@ -140,3 +140,50 @@ def test_a_sheared_affine_is_kept(tmp_path):
     expected[:3, :2] /= 2  # 2x in-plane: the in-plane columns halve, the origin stays (README geometry)
     assert np.allclose(load_image(tmp_path / "up.nii.gz").affine, expected, atol=1e-5)
     assert np.allclose(nib.load(tmp_path / "up.nii.gz").affine, expected, atol=1e-5)
+
+
+def test_finished_ablation_and_study_are_not_redone_without_force(tmp_path, capsys, real_crop):
+    """``seg ablate`` and ``study`` rewrote their summaries on every run."""
+    from meddiffusion.app.study import PRESETS, run_study
+    from meddiffusion.errors import MeddiffError
+
+    out = tmp_path / "ablate"
+    out.mkdir()
+    (out / "summary.md").write_text("earlier results\n")
+    argv = ["seg", "ablate", "--data", str(tmp_path / "none.csv"), "--out", str(out)]
+    assert main(argv) == 2 and "--force" in capsys.readouterr().err
+    assert (out / "summary.md").read_text() == "earlier results\n"
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "report.md").write_text("earlier report\n")
+    with pytest.raises(MeddiffError, match="exists already"):
+        run_study(tmp_path / "none.csv", tmp_path / "recipe.yaml", study, PRESETS["quick"])
+
+
+def test_training_names_the_label_file_with_values_outside_its_convention(tmp_path, capsys, real_crop):
+    label = np.asarray(nib.load(real_crop["label"]).dataobj).astype(np.int16)
+    label[label == 1] = 3
+    case = tmp_path / "data" / "C1"
+    case.mkdir(parents=True)
+    for m in ("flair", "t1", "t1ce", "t2"):
+        (case / f"C1_{m}.nii.gz").write_bytes(Path(real_crop[m]).read_bytes())
+    write_nifti(case / "C1_seg.nii.gz", label, nib.load(real_crop["label"]).affine)
+    assert main(["seg", "train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "C1_seg.nii.gz" in err and "label values [3]" in err and "\n" not in err.strip()
+
+
+def test_quick_answers_do_not_import_torch(tmp_path):
+    """Every subcommand spent 10-12 s importing torch, diffusers and MONAI before it looked at its input."""
+    script = (
+        "import sys; from meddiffusion.app.cli import main; "
+        f"code = main(['seg', 'predict', {str(tmp_path / 'missing')!r}, {str(tmp_path / 'o.nii.gz')!r}]); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
+
+
+def test_info_refuses_to_list_an_intensity_image_as_labels(real_crop, capsys):
+    assert main(["info", "--label", str(real_crop["t1"])]) == 2
+    assert "not a label map" in capsys.readouterr().err

@@ -188,6 +188,8 @@ def test_shipped_weights_upscale_a_real_volume_on_cpu(real_crop, tmp_path):
     assert sr.shape == tuple(image.spatial_shape)
     assert np.allclose(sr.affine, image.affine, atol=1e-4)
     assert (tmp_path / "t2_sr_std.nii.gz").exists()
+    std_record = json.loads((tmp_path / "t2_sr_std.json").read_text())  # the uncertainty map has its own record
+    assert std_record["of"] == str(out) and "standard deviation" in std_record["content"]
     record = json.loads((tmp_path / "t2_sr.json").read_text())
     assert len(record["weights_sha256"]) == 64 and record["options"]["samples"] == 2 and record["slice_axis"] == 2
     # the shipped regression model beats bicubic interpolation with data consistency on this held-out real slab;
