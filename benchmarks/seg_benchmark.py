@@ -2,6 +2,7 @@
 
     python benchmarks/seg_benchmark.py [--runs RUNS] [--steps 500] [--folds 5] [--out docs/benchmarks]
     python benchmarks/seg_benchmark.py --only-timing
+    python benchmarks/seg_benchmark.py --inference WEIGHTS --val-cases ID ...   # overlap: seconds and Dice
 
 Cross-validation (``meddiff seg ablate``, continued if ``--runs`` holds finished folds): every variant of
 ``segmentation/variants.py`` on the same k folds (by patient) and seeds, configs/seg_dualpath.yaml with
@@ -93,6 +94,48 @@ def _predict(queue) -> None:
     queue.put({"predict_s_per_volume": seconds, "shape": list(subject.spatial_shape), "peak_rss_mb": peak})
 
 
+def inference_settings(weights: Path, data: Path, cases: list[str], out: Path) -> dict:
+    """Seconds and Dice (post-processed, BraTS 2021 regions) of the weights on ``cases`` for each sliding-window
+    overlap: what the overlap costs and gives. Run on validation cases, so the default it chooses is not chosen
+    on test cases."""
+    import torch
+
+    from meddiffusion.data.layouts import read_dataset
+    from meddiffusion.eval.cases import reference_label
+    from meddiffusion.eval.segmentation import evaluate_segmentation
+    from meddiffusion.segmentation.predict import Segmenter
+
+    torch.set_num_threads(2)
+    segmenter = Segmenter.from_pretrained(weights)
+    by_id = {c.case_id: c for c in read_dataset(data)}
+    results: dict = {"weights": str(weights), "cases": cases, "overlap": {}}
+    for overlap in (0.5, 0.25):
+        segmenter.config = {**segmenter.config, "inference": {"overlap": overlap}}
+        rows = []
+        for case_id in cases:
+            subject, label = reference_label(by_id[case_id], segmenter.modalities)
+            started = time.perf_counter()
+            pred = segmenter.predict(subject)
+            seconds = time.perf_counter() - started
+            metrics = evaluate_segmentation(pred, label, tuple(subject[segmenter.modalities[0]].spacing), "brats2021")
+            rows.append(
+                {
+                    "case_id": case_id,
+                    "seconds": seconds,
+                    "shape": list(subject.spatial_shape),
+                    **{k: metrics[k] for k in ("WT_dice", "TC_dice", "ET_dice", "WT_hd95")},
+                }
+            )
+            print(
+                f"overlap {overlap}: {case_id} {seconds:.1f} s WT {metrics['WT_dice']:.3f} "
+                f"TC {metrics['TC_dice']:.3f} ET {metrics['ET_dice']:.3f}",
+                flush=True,
+            )
+        results["overlap"][str(overlap)] = rows
+    (out / "seg_inference.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
 def _in_child(target, *args) -> dict:
     """Run in a fresh process so that its peak memory is its own."""
     queue = mp.get_context("spawn").Queue()
@@ -122,9 +165,14 @@ def main() -> None:
     parser.add_argument("--only-timing", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--finished-only", action="store_true", help="tabulate finished folds only; train nothing")
+    parser.add_argument("--inference", metavar="WEIGHTS", help="only: overlap cost/benefit of WEIGHTS on --val-cases")
+    parser.add_argument("--val-cases", nargs="+", default=[], help="validation case ids of configs/seg_cases.csv")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.inference:
+        inference_settings(Path(args.inference), ROOT / "configs" / "seg_cases.csv", args.val_cases, out)
+        return
     if not args.only_timing:
         cross_validation(Path(args.runs), args.steps, args.folds, out, args.finished_only)
     if not args.no_timing:

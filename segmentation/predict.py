@@ -42,6 +42,7 @@ def segment_prepared(
     output: str,
     planes_per_batch: int = 16,
     progress: bool = False,
+    overlap: float = 0.5,
 ) -> torch.Tensor:
     """Probabilities ``[K, X, Y, Z]`` of a prepared subject (its grid), in the network's ``output`` coding
     (``segmentation.coding``). Only the brain's bounding box is computed; outside it nothing is tumour."""
@@ -65,7 +66,7 @@ def segment_prepared(
             (patch_size, patch_size),
             planes_per_batch,
             lambda x: activate(model(x).float(), output),
-            overlap=0.5,
+            overlap=overlap,
             mode="gaussian",
         ).cpu()
         n_classes = probs.shape[1]
@@ -121,6 +122,11 @@ class Segmenter:
             )
         return [m for m in self.modalities if m in available]
 
+    @property
+    def overlap(self) -> float:
+        """Sliding-window overlap: the weights' own (chosen on validation cases when they were shipped), else 0.5."""
+        return float(self.config.get("inference", {}).get("overlap", 0.5))
+
     def __call__(self, subject: tio.Subject, progress: bool = False, clean: bool = True) -> tio.Subject:
         """Segment a subject (its images named by modality) -> a subject holding ``label`` (BraTS 2021 labels
         on the grid of the first image used, its affine) beside the images it was given."""
@@ -134,6 +140,7 @@ class Segmenter:
             self.config["neighbours"],
             self.output,
             progress=progress,
+            overlap=self.overlap,
         )
         reference = subject[used[0]]
         if self.config.get("spacing"):  # back to the input grid, probabilities first, then the decision
@@ -181,6 +188,7 @@ def predict_case(
             weights_sha256=segmenter.hash,
             label_convention="brats2021",
             postprocessed=clean,
+            overlap=segmenter.overlap,
             voxels_per_label={int(v): int((labels == v).sum()) for v in np.unique(labels)},
         ),
         record,
