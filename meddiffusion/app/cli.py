@@ -207,6 +207,8 @@ def _seg_train(args: argparse.Namespace) -> int:
 def _seg_predict(args: argparse.Namespace) -> int:
     case_dir, output = (None, args.output) if args.case is None else (args.case, args.output)
     if args.output is None:  # one positional: the output, with the modalities given as flags
+        if Path(args.case).is_dir():
+            raise MeddiffError("give the output label map after the case folder: seg predict CASE_DIR OUTPUT")
         case_dir, output = None, args.case
     files = {m: getattr(args, m) for m in ("t1", "t1ce", "t2", "flair")}
     _check_case_inputs(case_dir, files)
