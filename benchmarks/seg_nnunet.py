@@ -1,0 +1,152 @@
+"""The peer a user would pick instead: nnU-Net v2, on the same 20 real cases, folds and scoring (issue #14).
+
+    bash benchmarks/nnunet_env.sh ~/venvs/nnunet                     # its own environment (see that script)
+    python benchmarks/seg_nnunet.py prepare --work ~/meddiff-runs/nnunet
+    python benchmarks/seg_nnunet.py run --work ~/meddiff-runs/nnunet --venv ~/venvs/nnunet --folds 0 1 2 3 4
+    python benchmarks/seg_nnunet.py score --work ~/meddiff-runs/nnunet --out docs/benchmarks
+
+``prepare`` writes the cases of ``configs/seg_cases.csv`` (labels mapped to BraTS 2021 by the toolkit's own data
+layer) as nnU-Net raw data set 501 with nnU-Net's BraTS conventions: four channels (FLAIR, T1, T1ce, T2; a
+modality a case lacks is all zeros, as the toolkit's segmenter sees it), labels 1 oedema, 2 necrotic core,
+3 enhancing, trained region-based (whole tumour, tumour core, enhancing), and the toolkit's 5 folds by patient
+(``kfold_splits``, seed 0) as ``splits_final.json``, so every method sees the same folds. ``run`` plans and
+preprocesses the 2D configuration (the closest to the toolkit's 2.5D model), trains each fold on the CPU with a
+shortened schedule (``--trainer``, e.g. nnUNetTrainer_10epochs, chosen to match the toolkit's CPU wall clock) and
+predicts the fold's held-out cases. ``score`` maps the predictions back to BraTS 2021 labels on each case's grid
+and scores them with the toolkit's evaluation (``eval.cases``), like every other method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from meddiffusion.data.layouts import read_dataset
+from meddiffusion.data.splits import kfold_splits
+from meddiffusion.eval.cases import reference_label
+from meddiffusion.eval.report import write_csv
+from meddiffusion.eval.segmentation import evaluate_segmentation
+from meddiffusion.io import modality_names
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = ROOT / "configs" / "seg_cases.csv"
+DATASET = "Dataset501_MedDiffBraTS"
+CHANNELS = ("flair", "t1", "t1ce", "t2")
+#: BraTS 2021 label -> nnU-Net's BraTS label (oedema 1, necrotic core 2, enhancing 3), and back, as lookup tables
+TO_NNUNET = np.array([0, 2, 1, 0, 3], dtype=np.uint8)
+FROM_NNUNET = np.array([0, 2, 1, 4], dtype=np.uint8)
+
+
+def _env(work: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "nnUNet_raw": str(work / "raw"),
+        "nnUNet_preprocessed": str(work / "preprocessed"),
+        "nnUNet_results": str(work / "results"),
+    }
+
+
+def prepare(work: Path, folds: int = 5) -> None:
+    cases = {c.case_id: c for c in read_dataset(CASES) if c.label is not None}
+    raw = work / "raw" / DATASET
+    (raw / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (raw / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for case_id, case in cases.items():
+        subject, label = reference_label(case, CHANNELS)
+        reference = subject[next(iter(m for m in CHANNELS if m in subject))]
+        for k, m in enumerate(CHANNELS):
+            data = subject[m].data[0].numpy() if m in subject else np.zeros(reference.spatial_shape, np.float32)
+            nib.save(
+                nib.Nifti1Image(data.astype(np.float32), reference.affine),
+                raw / "imagesTr" / f"{case_id}_{k:04d}.nii.gz",
+            )
+        mapped = TO_NNUNET[label.astype(np.int64)]
+        nib.save(nib.Nifti1Image(mapped, reference.affine), raw / "labelsTr" / f"{case_id}.nii.gz")
+    meta = {
+        "channel_names": {str(k): m.upper() for k, m in enumerate(CHANNELS)},
+        "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3},
+        "regions_class_order": [1, 2, 3],
+        "numTraining": len(cases),
+        "file_ending": ".nii.gz",
+    }
+    (raw / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    splits = [{"train": tr, "val": te} for tr, te in kfold_splits(sorted(cases), folds, 0)]
+    (work / "splits_final.json").write_text(json.dumps(splits, indent=2) + "\n")
+    print(f"wrote {len(cases)} cases to {raw} and {folds} folds")
+
+
+def run(work: Path, venv: Path, folds: list[int], trainer: str) -> None:
+    env, bin_ = _env(work), venv / "bin"
+    preprocessed = work / "preprocessed" / DATASET
+    if not (preprocessed / "nnUNetPlans.json").exists():
+        subprocess.run(
+            [bin_ / "nnUNetv2_plan_and_preprocess", "-d", "501", "-c", "2d", "-np", "2"], env=env, check=True
+        )
+    (preprocessed / "splits_final.json").write_text((work / "splits_final.json").read_text())
+    splits = json.loads((work / "splits_final.json").read_text())
+    timing = {}
+    for fold in folds:
+        started = time.time()
+        command = [bin_ / "nnUNetv2_train", "501", "2d", str(fold), "-tr", trainer, "-device", "cpu"]
+        subprocess.run(command, env=env, check=True)
+        timing[fold] = time.time() - started
+        test_in = work / f"test_fold{fold}"
+        test_in.mkdir(exist_ok=True)
+        for case_id in splits[fold]["val"]:
+            for k in range(len(CHANNELS)):
+                name = f"{case_id}_{k:04d}.nii.gz"
+                target = test_in / name
+                if not target.exists():
+                    target.symlink_to(work / "raw" / DATASET / "imagesTr" / name)
+        predict = [bin_ / "nnUNetv2_predict", "-i", str(test_in), "-o", str(work / f"pred_fold{fold}")]
+        predict += ["-d", "501", "-c", "2d", "-f", str(fold), "-tr", trainer, "-device", "cpu"]
+        subprocess.run(predict, env=env, check=True)
+    (work / "train_seconds.json").write_text(json.dumps(timing, indent=2) + "\n")
+
+
+def score(work: Path, out: Path) -> None:
+    cases = {c.case_id: c for c in read_dataset(CASES) if c.label is not None}
+    splits = json.loads((work / "splits_final.json").read_text())
+    rows = []
+    for fold, split in enumerate(splits):
+        for case_id in split["val"]:
+            path = work / f"pred_fold{fold}" / f"{case_id}.nii.gz"
+            if not path.exists():
+                continue
+            subject, label = reference_label(cases[case_id], CHANNELS)
+            pred = FROM_NNUNET[np.asarray(nib.load(path).dataobj).astype(np.int64)]
+            spacing = tuple(subject[modality_names(subject)[0]].spacing)
+            metrics = evaluate_segmentation(pred, label, spacing, "brats2021")
+            rows.append({"variant": "nnunet", "fold": fold, "case_id": case_id, **metrics})
+    write_csv(rows, out / "seg_nnunet_per_case.csv")
+    for region in ("WT", "TC", "ET"):
+        values = [r[f"{region}_dice"] for r in rows]
+        print(f"nnU-Net {region} Dice {np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} over {len(values)} cases")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("step", choices=["prepare", "run", "score"])
+    parser.add_argument("--work", required=True, type=Path)
+    parser.add_argument("--venv", type=Path, default=Path.home() / "venvs" / "nnunet")
+    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--trainer", default="nnUNetTrainer_10epochs")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = parser.parse_args()
+    if args.step == "prepare":
+        prepare(args.work)
+    elif args.step == "run":
+        run(args.work, args.venv, args.folds, args.trainer)
+    else:
+        score(args.work, args.out)
+
+
+if __name__ == "__main__":
+    main()
