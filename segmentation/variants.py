@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-#: variant name -> config overrides ("section.key": value); "floor" is the FLAIR threshold, not trained
+#: variant name -> config overrides ("section.key": value) of the recipe (``configs/seg_dualpath.yaml``), each
+#: changing one of the proposal's parts; "floor" is the FLAIR threshold, not trained
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
     "no_deformable": {"network.attention": "window"},
     "no_reweighting": {"loss.reweighting": "none"},
-    "no_topology": {"loss.gamma": 0.0},
+    "no_boundary": {"loss.beta": 0.0},
+    "with_topology": {"loss.gamma": 0.01},
     "unet": {"network.model": "unet"},
     "floor": {},
 }
