@@ -46,7 +46,8 @@ class SegDataConfig:
     layout: str | None = None
     modalities: list[str] = field(default_factory=lambda: ["flair", "t1", "t1ce", "t2"])
     #: modalities a case may lack (zero-filled) and that are dropped out in training so the model serves without
-    optional_modalities: list[str] = field(default_factory=lambda: ["t1", "t2"])
+    #: None: T1 and T2, those of ``modalities`` (the BRATS 2015-style FLAIR + T1c cases lack them)
+    optional_modalities: list[str] | None = None
     modality_dropout: float = 0.25
     val_cases: list[str] = field(default_factory=list)
     exclude_cases: list[str] = field(default_factory=list)
@@ -61,14 +62,21 @@ class SegDataConfig:
     def __post_init__(self) -> None:
         if not self.modalities:
             raise ValueError("data.modalities is empty")
-        if unknown := sorted(set(self.optional_modalities) - set(self.modalities)):
+        if unknown := sorted(set(self.optional) - set(self.modalities)):
             raise ValueError(f"data.optional_modalities {unknown} are not in data.modalities")
-        if set(self.optional_modalities) == set(self.modalities):
+        if set(self.optional) == set(self.modalities):
             raise ValueError("data.optional_modalities cannot be all modalities: one must be required")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError("data.modality_dropout must be in [0, 1)")
         if self.spacing is not None and len(self.spacing) != 3:
             raise ValueError("data.spacing needs three values (mm)")
+
+    @property
+    def optional(self) -> list[str]:
+        """The modalities a case may lack: as configured, or by default T1 and T2 (those of ``modalities``)."""
+        if self.optional_modalities is not None:
+            return list(self.optional_modalities)
+        return [m for m in ("t1", "t2") if m in self.modalities]
 
 
 @dataclass
@@ -135,7 +143,7 @@ def training_cases(config: SegDataConfig) -> tuple[list[CaseFiles], list[CaseFil
 
 
 def _load(cases: list[CaseFiles], config: SegDataConfig) -> list[tio.Subject]:
-    return [load_case(c, config.modalities, config.spacing, config.optional_modalities) for c in cases]
+    return [load_case(c, config.modalities, config.spacing, config.optional) for c in cases]
 
 
 def make_loss(config: SegLossConfig, output: str) -> tuple:
@@ -215,7 +223,7 @@ def weights_config(config: SegTrainConfig) -> dict:
         "network": config.network.to_dict(),
         "task": "segmentation",
         "modalities": config.data.modalities,
-        "optional_modalities": config.data.optional_modalities,
+        "optional_modalities": config.data.optional,
         "spacing": config.data.spacing,
         "patch_size": config.data.patch_size,
         "neighbours": config.data.neighbours,
@@ -250,7 +258,7 @@ def run_training(config: SegTrainConfig, out: Path, resume: bool = False, stop_a
         synthetic,
         config.data.synthetic_ratio,
         seed=config.seed,
-        optional=config.data.optional_modalities,
+        optional=config.data.optional,
         modality_dropout=config.data.modality_dropout,
     )
     model = build_from_weights_config(weights_config(config))
