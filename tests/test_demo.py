@@ -1,6 +1,8 @@
 """`meddiff demo` on the embedded real MRI with the shipped weights (the README's first command, made small)."""
 
 import json
+import shlex
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -34,7 +36,7 @@ def test_demo_writes_volumes_panel_and_provenance(tmp_path, capsys):
     record = json.loads((out / "provenance.json").read_text())
     assert len(record["weights_sha256"]["diffusion"]) == 64
     # how it was made: the exact command line, the code state (commit, dirty flag), the package versions
-    assert "demo" in record["command"] and {"commit", "dirty"} <= set(record["code"])
+    assert record["command"] == shlex.join(sys.orig_argv) and {"commit", "dirty"} <= set(record["code"])
     assert record["packages"]["torch"].startswith("2.")
     assert main(["demo", "--out", str(out)]) == 2  # no overwrite without --force
     assert "--force" in capsys.readouterr().err

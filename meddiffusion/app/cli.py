@@ -14,6 +14,7 @@ from pathlib import Path
 from meddiffusion import __version__
 from meddiffusion.errors import MeddiffError
 from meddiffusion.paths import check_input_file, check_output
+from meddiffusion.provenance import code_state
 from meddiffusion.serialise import json_text
 from meddiffusion.sr import METHODS as SR_METHODS
 
@@ -533,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    code_state()  # the code this process started with is what every output's provenance records
     try:
         return handler(args)
     except MeddiffError as exc:
