@@ -22,14 +22,14 @@ REGION_NAMES = ("WT", "TC", "ET")
 REGION_CLASSES = ((1, 2, 3), (1, 3), (3,))
 
 
-def check_output(output: str) -> str:
+def check_coding(output: str) -> str:
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     return output
 
 
 def n_outputs(output: str) -> int:
-    return len(REGION_NAMES) if check_output(output) == "regions" else len(CLASS_LABELS)
+    return len(REGION_NAMES) if check_coding(output) == "regions" else len(CLASS_LABELS)
 
 
 def labels_to_classes(label: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from meddiffusion.segmentation.coding import activate, check_output, classes_to_regions, foreground
+from meddiffusion.segmentation.coding import activate, check_coding, classes_to_regions, foreground
 
 
 def spatial_gradient(x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +156,7 @@ class HybridLoss(nn.Module):
         self.boundary = boundary
         self.topology_weights = tuple(topology_weights)
         self.topology_downsample = topology_downsample
-        self.output = check_output(output)
+        self.output = check_coding(output)
         regions = output == "regions"
         self.dice = DiceLoss(sigmoid=regions, softmax=not regions, to_onehot_y=not regions, batch=True)
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from monai.networks.nets import UNet
 from torch import nn
 
-from meddiffusion.segmentation.coding import check_output, n_outputs
+from meddiffusion.segmentation.coding import check_coding, n_outputs
 from meddiffusion.segmentation.dualpath import ATTENTIONS, DualPathSegNet
 
 MODELS = ("dualpath", "unet", "swinunetr")
@@ -28,7 +28,7 @@ class SegNetworkConfig:
     output: str = "regions"
 
     def __post_init__(self) -> None:
-        check_output(self.output)
+        check_coding(self.output)
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}")
         if self.attention not in ATTENTIONS:
