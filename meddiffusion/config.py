@@ -110,7 +110,8 @@ def resolve_data_path(entry: str, base: Path | None = None) -> Path:
 def config_record(config: Any, folder: str | Path) -> dict[str, Any]:
     """``config`` (a dataclass) as a dict to write into ``folder``, every absolute path made relative to that
     folder: the record stays valid when the run folder and the data move together, and names no training
-    machine's directories. ``load`` of such a file resolves paths against the file's folder again."""
+    machine's directories. A file inside an installed package goes back to the ``pkg:NAME/rel`` form that
+    ``resolve_data_path`` reads. ``load`` of such a file resolves paths against the file's folder again."""
     folder = Path(folder).resolve()
 
     def walk(value: Any) -> Any:
@@ -119,10 +120,19 @@ def config_record(config: Any, folder: str | Path) -> dict[str, Any]:
         if isinstance(value, (list, tuple)):
             return [walk(v) for v in value]
         if isinstance(value, str) and os.path.isabs(value):
-            return os.path.relpath(value, folder)
+            return _package_path(value) or os.path.relpath(value, folder)
         return value
 
     return walk(dataclasses.asdict(config))
+
+
+def _package_path(path: str) -> str | None:
+    """``pkg:NAME/rel`` for a file inside an installed package (``.../site-packages/NAME/rel``), the inverse of
+    ``resolve_data_path``; None for any other path."""
+    parts = Path(path).parts
+    if "site-packages" not in parts or len(parts) - parts.index("site-packages") < 3:
+        return None
+    return "pkg:" + "/".join(parts[parts.index("site-packages") + 1 :])
 
 
 def load_train_config(

@@ -26,16 +26,17 @@ CONFIG_FILE = "config.json"
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 
 
-def save_weights(folder: str | Path, model: torch.nn.Module, extra: dict[str, Any], network: dict[str, Any]) -> Path:
-    """Write ``model`` (its state dict, contiguous tensors) and its config into ``folder`` atomically.
+def save_weights(folder: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> Path:
+    """Write ``model`` (its state dict, contiguous tensors) and its ``config.json`` into ``folder`` atomically.
 
-    ``network``: the config section the family's builder rebuilds the network from.
+    ``config``: the family's weights config, whose ``network`` section its builder rebuilds the network from.
     """
+    if "network" not in config:
+        raise ValueError("a weights config needs the network section its builder rebuilds the network from")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)), suffix=".safetensors")
-    config = {"network": network, **extra}
     text = json_text(config)
     atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(text + "\n"), suffix=".json")
     return folder

@@ -27,7 +27,7 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, modality_names
 from meddiffusion.segmentation.dino import DINOHead, DINOModel, DINOObjective
 from meddiffusion.segmentation.dualpath import DualPathSegNet
-from meddiffusion.segmentation.models import SegNetworkConfig, build_from_weights_config
+from meddiffusion.segmentation.models import SegNetworkConfig, build_from_weights_config, n_parameters
 from meddiffusion.segmentation.views import PlaneViews, plane_patch
 from meddiffusion.training import TrainConfig, process_state, train, write_run_files
 from meddiffusion.weights import load_weights, record_run, save_weights
@@ -172,13 +172,9 @@ def run_pretraining(config: SSLConfig, out: Path, resume: bool = False, stop_at:
     folder = out / "weights"
     if not main:
         return folder
-    described = weights_config(config)
-    network = described.pop("network")
-    described["training"] = {"config": config_record(config, folder), "volumes": len(cases)}
-    save_weights(folder, objective.teacher.backbone, described, network=network)
-    record_run(
-        folder, sum(p.numel() for p in student.backbone.parameters()), out, ("training_log.csv", "validation_log.csv")
-    )
+    training = {"config": config_record(config, folder), "volumes": len(cases)}
+    save_weights(folder, objective.teacher.backbone, {**weights_config(config), "training": training})
+    record_run(folder, n_parameters(student.backbone), out, ("training_log.csv", "validation_log.csv"))
     return folder
 
 

@@ -235,10 +235,8 @@ def weights_config(config: SegTrainConfig) -> dict:
 def _save(
     folder: Path, model: torch.nn.Module, config: SegTrainConfig, extra: dict | None = None, run_dir: Path | None = None
 ) -> Path:
-    described = weights_config(config)
-    network = described.pop("network")
-    described["training"] = {"config": config_record(config, folder), **(extra or {})}
-    folder = save_weights(folder, model, described, network=network)
+    training = {"config": config_record(config, folder), **(extra or {})}
+    folder = save_weights(folder, model, {**weights_config(config), "training": training})
     record_run(folder, n_parameters(model), run_dir, ("training_log.csv", "validation_log.csv") if run_dir else ())
     return folder
 

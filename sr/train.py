@@ -198,6 +198,6 @@ def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at
     if prior is not None:  # the folder carries the regression model it refines: it alone reproduces the method
         shutil.copytree(prior.folder, folder / "prior", dirs_exist_ok=True)
         described["prior"] = "prior"
-    save_weights(folder, model, described, network=described.pop("network"))
+    save_weights(folder, model, described)
     record_run(folder, model.n_parameters, out, ("training_log.csv", "validation_log.csv"))
     return folder

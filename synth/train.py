@@ -106,7 +106,7 @@ def run_training(config: SynthTrainConfig, out: Path, resume: bool = False, stop
     if not main:
         return folder
     described["training"] = {"config": config_record(config, folder), "data": data_list}
-    save_weights(folder, model, described, network=described.pop("network"))
+    save_weights(folder, model, described)
     save_templates(subjects, folder / TEMPLATES_FILE)
     record_run(folder, model.n_parameters, out, ("training_log.csv",))
     return folder

@@ -59,3 +59,20 @@ def test_data_split_cli(real_crop, tmp_path, capsys):
     assert main(["data", "split", str(tmp_path), "--folds", "3", "--seed", "1"]) == 0
     folds = json.loads(capsys.readouterr().out)["splits"]
     assert sorted(f["test"][0] for f in folds) == ["P1", "P2", "P3"]
+
+
+def test_config_records_name_data_relative_to_themselves_and_package_files_by_package(tmp_path):
+    from dataclasses import dataclass, field
+
+    from meddiffusion.config import config_record, resolve_data_path
+
+    @dataclass
+    class Data:
+        paths: list = field(default_factory=list)
+
+    shipped = str(resolve_data_path("pkg:nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
+    record = config_record(Data([str(tmp_path / "data" / "a.nii.gz"), shipped]), tmp_path / "run")
+    assert record["paths"] == [
+        "../data/a.nii.gz",
+        "pkg:nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    ]

@@ -28,6 +28,7 @@ def tiny_weights(tmp_path_factory):
         folder,
         ConditionalUNet(config),
         {
+            "network": config.to_dict(),
             "task": "sr",
             "method": "diffusion",
             "scales": [2, 4],
@@ -40,7 +41,6 @@ def tiny_weights(tmp_path_factory):
                 "prediction_type": "sample",
             },
         },
-        network=config.to_dict(),
     )
     return folder
 
@@ -222,7 +222,7 @@ def _sr_weights(folder, method: str, cond_channels: int, seed: int, prior=None):
 
         shutil.copytree(prior, folder / "prior")
         extra["prior"] = "prior"
-    return save_weights(folder, model, extra, network=config.to_dict()), model
+    return save_weights(folder, model, {"network": config.to_dict(), **extra}), model
 
 
 @pytest.mark.parametrize("axis", ["inplane", "through"])
