@@ -14,7 +14,7 @@ import numpy as np
 
 from meddiffusion.data.layouts import CaseFiles, input_case, modality_from_name
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import load_image, load_subject, same_grid, voxel_volume_ml
+from meddiffusion.io import LABEL_KEY, load_subject, voxel_volume_ml
 from meddiffusion.paths import image_suffix
 from meddiffusion.segmentation.predict import Segmenter
 
@@ -36,11 +36,9 @@ def tumour_to_avoid(case: CaseFiles, exclude_label: str | None) -> np.ndarray | 
     """Voxels the new lesion must not touch besides the case's own label: ``exclude_label`` (any label > 0), or,
     for an unlabelled case, the tumour the shipped segmenter finds (when the case has the modalities it needs).
     Says on stderr what is avoided."""
-    reference = load_image(next(iter(case.images.values())))
-    if exclude_label is not None:
-        label = load_image(exclude_label, label=True)
-        if not same_grid(label, reference):
-            raise MeddiffError("the label map to avoid is not on the image's grid", exclude_label)
+    if exclude_label is not None:  # read beside an image, so a label on another grid is the usual error
+        modality, image = next(iter(case.images.items()))
+        label = load_subject({modality: image}, exclude_label)[LABEL_KEY]
         mask = label.data[0].numpy() > 0
         print(
             f"avoiding {mask.sum() * voxel_volume_ml(label.spacing):.1f} mL labelled in {exclude_label}",
@@ -58,8 +56,9 @@ def tumour_to_avoid(case: CaseFiles, exclude_label: str | None) -> np.ndarray | 
             file=sys.stderr,
         )
         return None
-    mask = segmenter.predict(load_subject({m: case.images[m] for m in used})) > 0
-    found = mask.sum() * voxel_volume_ml(reference.spacing)
+    subject = load_subject({m: case.images[m] for m in used})
+    mask = segmenter.predict(subject) > 0
+    found = mask.sum() * voxel_volume_ml(subject[used[0]].spacing)
     print(f"avoiding the tumour the shipped segmenter finds ({found:.1f} mL)", file=sys.stderr)
     return mask
 
