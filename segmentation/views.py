@@ -93,7 +93,7 @@ class PlaneViews(Dataset):
         if self.transform is not None:
             views = [self._augment(v, int(rng.integers(2**31))) for v in views]
             local = [self._augment(v, int(rng.integers(2**31))) for v in local]
-        return {"views": torch.stack(views), "local": torch.stack(local), "volume": torch.tensor(k)}
+        return {"views": torch.stack(views), "local": torch.stack(local)}
 
     def _augment(self, patch: torch.Tensor, seed: int) -> torch.Tensor:
         with torch.random.fork_rng():  # TorchIO draws from torch's global RNG; keep items pure functions of i
