@@ -18,6 +18,7 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from meddiffusion.data.harmonise import harmonise
 from meddiffusion.data.layouts import CaseFiles
 from meddiffusion.data.prepare import prepare_subject, with_modalities
 from meddiffusion.data.sampling import neighbour_stack
@@ -127,12 +128,17 @@ class Segmenter:
         """Sliding-window overlap: the weights' own (chosen on validation cases when they were shipped), else 0.5."""
         return float(self.config.get("inference", {}).get("overlap", 0.5))
 
-    def __call__(self, subject: tio.Subject, progress: bool = False, clean: bool = True) -> tio.Subject:
+    def __call__(
+        self, subject: tio.Subject, progress: bool = False, clean: bool = True, landmarks: dict | None = None
+    ) -> tio.Subject:
         """Segment a subject (its images named by modality) -> a subject holding ``label`` (BraTS 2021 labels
-        on the grid of the first image used, its affine) beside the images it was given."""
+        on the grid of the first image used, its affine) beside the images it was given. ``landmarks``: the
+        site's intensity landmarks (``data.harmonise``) for a model federated with per-site harmonisation."""
         used = self.check_modalities(modality_names(subject), subject.get("case_id", "case"))
         images = tio.Subject(**{m: subject[m] for m in used})
         prepared = with_modalities(prepare_subject(images, None, self.config.get("spacing")), self.modalities)
+        if landmarks:
+            prepared = harmonise(prepared, landmarks)
         probs = segment_prepared(
             self.model,
             prepared,
@@ -154,9 +160,11 @@ class Segmenter:
         out["modalities_used"] = used
         return out
 
-    def predict(self, subject: tio.Subject, progress: bool = False, clean: bool = True) -> np.ndarray:
+    def predict(
+        self, subject: tio.Subject, progress: bool = False, clean: bool = True, landmarks: dict | None = None
+    ) -> np.ndarray:
         """The label map alone (uint8, BraTS 2021 labels), for scoring loops."""
-        return self(subject, progress, clean)[LABEL_KEY].data[0].numpy().astype(np.uint8)
+        return self(subject, progress, clean, landmarks)[LABEL_KEY].data[0].numpy().astype(np.uint8)
 
 
 def predict_case(

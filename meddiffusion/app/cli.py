@@ -412,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_seg(commands)
     _add_ssl(commands)
+    _add_fl(commands)
     _add_synth(commands)
     study = commands.add_parser("study", help="does adding synthetic rare cases improve segmentation? (end to end)")
     study.add_argument("--data", required=True, help="real labelled data set (folder or CSV list)")
@@ -487,6 +488,49 @@ def _add_ssl(commands) -> None:
         "--stop-at", type=int, help="end this run at that step (checkpointed); continue with --resume"
     )
     pretrain.set_defaults(handler=_ssl_pretrain)
+
+
+#: ``meddiff fl simulate`` flag -> the sites config key it overrides
+FL_FLAGS = {
+    "rounds": "federation.rounds",
+    "local_steps": "federation.local_steps",
+    "proximal": "federation.proximal",
+    "l2": "federation.l2",
+    "secure": "federation.secure",
+    "harmonise": "federation.harmonise",
+    "threads": "federation.threads",
+}
+
+
+def _fl_simulate(args: argparse.Namespace) -> int:
+    try:
+        import flwr  # noqa: F401
+    except ImportError as exc:
+        raise MeddiffError(f"federated training needs Flower: pip install -e '.[fl]' ({exc})") from exc
+    from meddiffusion.app.fl import simulate
+    from meddiffusion.segmentation.federated import load_federated_config
+
+    overrides = {key: getattr(args, flag) for flag, key in FL_FLAGS.items() if getattr(args, flag) not in (None, False)}
+    config = load_federated_config(args.sites, overrides)
+    print(f"wrote {simulate(config, args.out, resume=args.resume)}")
+    return 0
+
+
+def _add_fl(commands) -> None:
+    fl = commands.add_parser("fl", help="federated training of the segmenter across sites (Flower)")
+    sub = fl.add_subparsers(dest="fl_command", required=True)
+    sim = sub.add_parser("simulate", help="run every site of a sites config on this machine (Flower simulation)")
+    sim.add_argument("--sites", required=True, help="sites config, e.g. configs/fl_sites.yaml")
+    sim.add_argument("--rounds", type=int, help="override federation.rounds")
+    sim.add_argument("--local-steps", type=int, help="override federation.local_steps (E)")
+    sim.add_argument("--proximal", type=float, help="FedProx mu (override federation.proximal)")
+    sim.add_argument("--l2", type=float, help="lambda of the objective's lambda ||theta||^2 (override federation.l2)")
+    sim.add_argument("--secure", action="store_true", help="aggregate with SecAgg+ (federation.secure)")
+    sim.add_argument("--harmonise", action="store_true", help="per-site intensity harmonisation")
+    sim.add_argument("--threads", type=int, help="torch threads per site (override federation.threads)")
+    sim.add_argument("--out", required=True, help="run folder (checkpoint every round, final global weights)")
+    sim.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    sim.set_defaults(handler=_fl_simulate)
 
 
 def _add_synth(commands) -> None:
