@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -174,6 +175,14 @@ class UpdateAveraging(FedAvg):
             }
         )
         self._checkpoint(done)
+        record = self.log[-1]
+        losses = [m.get("loss", float("nan")) for m in record["fit"].values()]
+        print(
+            f"round {done}/{self.config.federation.rounds}: {record['seconds']:.0f} s, {len(results)} site(s), "
+            f"{len(failures)} failed, mean local loss {np.mean(losses):.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
         return ndarrays_to_parameters(self.arrays), {}
 
     def aggregate_evaluate(self, server_round, results, failures):
