@@ -48,6 +48,8 @@ class GradNorm(nn.Module):
         ``shared``: the parameters of the last layer shared by all terms (e.g. the segmentation head).
         """
         values = torch.stack([losses[n] for n in self.names])
+        if self.weights.device != values.device:  # the trainer moves the network, not the loss: follow its device
+            self.to(values.device)
         if not bool(self.started):
             self.initial.copy_(values.detach().clamp_min(1e-8))
             self.started.fill_(True)
