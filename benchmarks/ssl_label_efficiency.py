@@ -1,0 +1,140 @@
+"""Label-efficiency curve (issue #17): a segmenter fine-tuned from the self-supervised encoder against one trained
+from scratch, with 1, 2, 4, 8 and all training cases of each cross-validation fold, at the same budget.
+
+    python benchmarks/ssl_label_efficiency.py --pretrained RUN/weights --out ~/meddiff-runs/ssl-curve \\
+        [--steps 1000] [--labels 1 2 4 8 all] [--folds 5] [--run-folds 0 1]
+
+Folds are ``meddiff seg ablate``'s (by patient, seed 0, the 20 cases of ``configs/seg_cases.csv``). Within a fold
+the labelled subsets are nested (the first n of one seeded shuffle of its training cases), so a larger subset
+only adds cases; both arms of one cell see the same cases, steps, seed and recipe (``configs/seg_dualpath.yaml``
+without its validation cases), and differ only in ``init``. Every held-out case is scored on its own grid
+(``eval.cases``). A finished cell is kept: the benchmark continues where it stopped. Writes ``per_case.csv``,
+``curve.json`` (mean Dice per arm and size, the fraction of the all-labels Dice each point reaches, and the
+paired difference pretrained - scratch over patients with its t-interval) and ``curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "seg_dualpath.yaml"
+ARMS = ("scratch", "pretrained")
+
+
+def subsets(train_ids: list[str], sizes: list[str], seed: int) -> dict[str, list[str]]:
+    """Nested labelled subsets of a fold's training cases: size -> case ids (``all``: every one)."""
+    order = list(np.random.default_rng(seed).permutation(sorted(train_ids)))
+    return {s: sorted(order if s == "all" else order[: int(s)]) for s in sizes if s == "all" or int(s) <= len(order)}
+
+
+def run_cell(config, pretrained: Path, arm: str, ids: list[str], test_ids: list[str], cases, run: Path) -> list[dict]:
+    from meddiffusion.app.ablation import with_overrides
+    from meddiffusion.eval.cases import evaluate_cases
+    from meddiffusion.io import write_json
+    from meddiffusion.segmentation.predict import Segmenter
+    from meddiffusion.segmentation.train import run_training
+    from meddiffusion.weights import WEIGHTS_FILE
+
+    done = run / "metrics.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    cell = with_overrides(config, {"init": str(pretrained) if arm == "pretrained" else None})
+    cell.data.exclude_cases = [c for c in cases if c not in ids]
+    cell.data.val_cases = []
+    if not (run / "weights" / WEIGHTS_FILE).exists():
+        run_training(cell, run, resume=(run / "checkpoint").exists())
+    segmenter = Segmenter.from_pretrained(run / "weights")
+    rows = evaluate_cases(segmenter.predict, cases, test_ids, run / "pred", config.data.modalities)
+    write_json(rows, done)
+    return rows
+
+
+def summarise(rows: list[dict], sizes: list[str]) -> dict:
+    from meddiffusion.errors import MeddiffError
+    from meddiffusion.eval.stats import paired_comparison
+
+    out: dict = {"mean": {}, "fraction_of_all": {}, "pretrained_minus_scratch": {}}
+    for arm in ARMS:
+        for size in sizes:
+            cell = [r for r in rows if r["arm"] == arm and r["labels"] == size]
+            if cell:
+                means = {m: float(np.nanmean([r[f"{m}_dice"] for r in cell])) for m in ("WT", "TC", "ET")}
+                out["mean"][f"{arm}/{size}"] = means
+    for key, value in out["mean"].items():
+        arm = key.split("/")[0]
+        if f"{arm}/all" in out["mean"]:
+            full = out["mean"][f"{arm}/all"]["WT"]
+            out["fraction_of_all"][key] = value["WT"] / full if full else float("nan")
+    for size in sizes:
+        # one pair per patient: the same held-out case under both arms (cases are held out once across folds)
+        a = {r["case_id"]: r["WT_dice"] for r in rows if r["arm"] == "scratch" and r["labels"] == size}
+        b = {r["case_id"]: r["WT_dice"] for r in rows if r["arm"] == "pretrained" and r["labels"] == size}
+        common = sorted(set(a) & set(b))
+        try:
+            out["pretrained_minus_scratch"][size] = paired_comparison([a[c] for c in common], [b[c] for c in common])
+        except MeddiffError:
+            continue
+    return out
+
+
+def plot(summary: dict, sizes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for arm in ARMS:
+        xs = [s for s in sizes if f"{arm}/{s}" in summary["mean"]]
+        ax.plot(range(len(xs)), [summary["mean"][f"{arm}/{s}"]["WT"] for s in xs], marker="o", label=arm)
+        ax.set_xticks(range(len(xs)), xs)
+    ax.set_xlabel("labelled training cases")
+    ax.set_ylabel("whole-tumour Dice (held-out cases)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pretrained", type=Path, required=True, help="the `ssl pretrain` weights folder")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--steps", type=int, default=1000, help="fine-tuning steps of every cell")
+    parser.add_argument("--labels", nargs="+", default=["1", "2", "4", "8", "all"])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--run-folds", type=int, nargs="+", help="only these folds (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from meddiffusion.data.layouts import read_dataset
+    from meddiffusion.data.splits import kfold_splits
+    from meddiffusion.eval.report import write_csv
+    from meddiffusion.segmentation.train import load_seg_config
+
+    config = load_seg_config(args.config, {"train.steps": args.steps, "seed": args.seed})
+    cases = {c.case_id: c for c in read_dataset(config.data.data) if c.label is not None}
+    splits = kfold_splits(sorted(cases), args.folds, args.seed)
+    rows: list[dict] = []
+    for fold, (train_ids, test_ids) in enumerate(splits):
+        if args.run_folds is not None and fold not in args.run_folds:
+            continue
+        for size, ids in subsets(train_ids, args.labels, args.seed + fold).items():
+            for arm in ARMS:
+                run = args.out / f"fold{fold}" / f"{size}_{arm}"
+                for r in run_cell(config, args.pretrained, arm, ids, test_ids, cases, run):
+                    rows.append({"fold": fold, "labels": size, "arm": arm, "n_train": len(ids), **r})
+    write_csv(rows, args.out / "per_case.csv")
+    summary = summarise(rows, args.labels)
+    (args.out / "curve.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(summary, args.labels, args.out / "curve.png")
+    print(json.dumps(summary["mean"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
