@@ -104,6 +104,26 @@ def load_federated_config(path: str | Path | None, overrides: dict | None = None
     return config
 
 
+#: the run folder's per-round checkpoint of the global weights (``model.safetensors`` + ``state.json``)
+CHECKPOINT = "checkpoint"
+
+
+def check_run(config: FederatedConfig, out: Path, resume: bool) -> Path | None:
+    """What would otherwise fail inside a federation, as one line before it starts: every site's cases exist, a
+    round can complete, and the run folder is new (or holds a checkpoint to resume). Returns that checkpoint."""
+    for name in config.site_names:
+        site_cases(config, name, "train")
+        site_cases(config, name, "test")
+    if config.federation.min_sites > len(config.sites):
+        raise MeddiffError(f"federation.min_sites {config.federation.min_sites} > {len(config.sites)} sites")
+    checkpoint = out / CHECKPOINT
+    if checkpoint.exists() and not resume:
+        raise MeddiffError("holds a federation checkpoint already: pass --resume to continue it, or a new --out", out)
+    if resume and not (checkpoint / "state.json").is_file():
+        raise MeddiffError("has no federation checkpoint to resume from", out)
+    return checkpoint if resume else None
+
+
 def site_cases(config: FederatedConfig, site: str, part: str = "train") -> list[CaseFiles]:
     """The case files of one site's ``train`` or ``test`` list, in the order the config names them."""
     if site not in config.sites:

@@ -34,12 +34,13 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from safetensors.torch import load_file, save_file
 
 from meddiffusion.config import config_record
-from meddiffusion.errors import MeddiffError
 from meddiffusion.io import atomic_write, write_json
 from meddiffusion.provenance import code_state
 from meddiffusion.segmentation.federated import (
+    CHECKPOINT,
     FederatedConfig,
     Site,
+    check_run,
     load_federated_config,
     load_site,
     local_update,
@@ -49,7 +50,6 @@ from meddiffusion.segmentation.models import build_from_weights_config, n_parame
 from meddiffusion.segmentation.train import weights_config
 from meddiffusion.weights import WEIGHTS_FILE, record_run, save_weights
 
-CHECKPOINT = "checkpoint"
 ROUNDS_LOG = "rounds.json"
 #: a process keeps each site's prepared data: a simulation's workers serve many rounds and several sites
 _SITES: dict[tuple[str, str], Site] = {}
@@ -214,14 +214,10 @@ def _plain(metrics: dict) -> dict:
 
 def _start(config: FederatedConfig, out: Path, resume: bool) -> tuple[int, list[np.ndarray]]:
     """(rounds already done, global weights): from the run folder's checkpoint, or a fresh seeded network."""
-    checkpoint = out / CHECKPOINT
-    if checkpoint.exists() and not resume:
-        raise MeddiffError("holds a federation checkpoint already: pass --resume to continue it, or a new --out", out)
+    checkpoint = check_run(config, out, resume)
     model = global_model(config)
-    if not resume:
+    if checkpoint is None:
         return 0, _arrays(model)
-    if not (checkpoint / "state.json").is_file():
-        raise MeddiffError("has no federation checkpoint to resume from", out)
     model.load_state_dict(load_file(str(checkpoint / WEIGHTS_FILE)))
     return int(json.loads((checkpoint / "state.json").read_text())["round"]), _arrays(model)
 

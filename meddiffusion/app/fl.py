@@ -8,22 +8,7 @@ import os
 from pathlib import Path
 
 from meddiffusion.errors import MeddiffError
-from meddiffusion.segmentation.federated import FederatedConfig, site_cases
-
-
-def check_run(config: FederatedConfig, out: Path, resume: bool) -> None:
-    """What would otherwise fail inside the federation, as one line before it starts: every site's cases exist,
-    the run folder is new (or holds a checkpoint to resume)."""
-    for name in config.site_names:
-        site_cases(config, name, "train")
-        site_cases(config, name, "test")
-    checkpoint = out / "checkpoint"
-    if checkpoint.exists() and not resume:
-        raise MeddiffError("holds a federation checkpoint already: pass --resume to continue it, or a new --out", out)
-    if resume and not (checkpoint / "state.json").is_file():
-        raise MeddiffError("has no federation checkpoint to resume from", out)
-    if config.federation.min_sites > len(config.sites):
-        raise MeddiffError(f"federation.min_sites {config.federation.min_sites} > {len(config.sites)} sites")
+from meddiffusion.segmentation.federated import FederatedConfig, check_run
 
 
 def simulate(config: FederatedConfig, out: str | Path, resume: bool = False, client_mods=()) -> Path:
@@ -31,7 +16,7 @@ def simulate(config: FederatedConfig, out: str | Path, resume: bool = False, cli
     machine's cores allow); returns the final global weights folder. ``client_mods``: extra Flower client mods
     (the tests drop a site mid-round with one)."""
     out = Path(out)
-    check_run(config, out, resume)
+    check_run(config, out, resume)  # one line before Flower and Ray start
     from flwr.simulation import run_simulation
 
     from meddiffusion.segmentation.flower import make_client_app, make_server_app
