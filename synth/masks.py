@@ -6,6 +6,9 @@ any tumour already there. The scale is found by bisection so that the measured v
 brain, matches the request (within 5 %, tested). Several foci share the requested volume. Written here:
 TorchIO/MONAI deform images, but none places a lesion of a given volume.
 
+Focus centers prefer white matter, where gliomas mostly grow (``white_matter``: a rough mask from the image's
+own intensities, enough to steer placement).
+
 Labels follow BraTS 2021: 1 necrotic / non-enhancing core, 2 oedema, 4 enhancing.
 """
 
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from scipy.cluster.vq import kmeans2
 
 from meddiffusion.data.labels import region_masks
 from meddiffusion.errors import MeddiffError
@@ -27,6 +31,9 @@ MAX_BRAIN_FRACTION = 0.4
 #: focus centers keep this far (mm) from the brain's edge where the brain allows (gliomas grow inside it)
 EDGE_MM = 10.0
 TOLERANCE = 0.05
+#: where white matter falls among the brain's three intensity classes (CSF, grey, white matter sorted by
+#: intensity): brightest in T1 and T1c, darkest in T2, between CSF and grey matter in FLAIR
+WHITE_MATTER_CLASS = {"t1": 2, "t1ce": 2, "flair": 1, "t2": 0}
 TEMPLATES_FILE = "templates.npz"
 _SEVERITY = np.array([0, 2, 1, 0, 3])  # label -> rank: background < oedema (2) < core (1) < enhancing (4)
 
@@ -132,6 +139,22 @@ def _render(
     return label
 
 
+def white_matter(volume: np.ndarray, brain: np.ndarray, modality: str) -> np.ndarray:
+    """A rough white-matter mask from one image: the brain's intensities in three k-means classes (scipy), the
+    class where white matter falls for that contrast (``WHITE_MATTER_CLASS``), opened to drop speckle. It steers
+    where lesions are placed; it is not a tissue segmentation."""
+    if modality not in WHITE_MATTER_CLASS:
+        raise MeddiffError(f"no white-matter rule for modality {modality!r} (known: {', '.join(WHITE_MATTER_CLASS)})")
+    values = volume[brain].astype(np.float64)
+    if values.size < 3 or np.ptp(values) == 0:
+        return np.zeros(volume.shape, dtype=bool)
+    centroids, labels = kmeans2(values[:, None], 3, seed=0, minit="++")
+    wanted = int(np.argsort(centroids[:, 0])[WHITE_MATTER_CLASS[modality]])
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[brain] = labels == wanted
+    return ndimage.binary_opening(mask)
+
+
 def lesion_mask(
     brain: np.ndarray,
     spacing: Sequence[float],
@@ -141,11 +164,13 @@ def lesion_mask(
     foci: int = 1,
     center: Sequence[float] | None = None,
     avoid: np.ndarray | None = None,
+    prefer: np.ndarray | None = None,
 ) -> np.ndarray:
     """A BraTS 2021 label map of ``volume_ml`` (whole tumour, all foci) inside ``brain``.
 
     ``center``: voxel indices of the first focus (others are placed within 40 mm of it); ``avoid``: voxels
-    the lesion must not touch (e.g. a tumour the image already has).
+    the lesion must not touch (e.g. a tumour the image already has); ``prefer``: where focus centers go when
+    they can (e.g. ``white_matter``).
     """
     brain = np.asarray(brain, dtype=bool)
     if brain.ndim != 3:
@@ -179,7 +204,7 @@ def lesion_mask(
         (share / max(v[0].sum() * voxel_volume_ml(v[1]), 1e-9)) ** (1 / 3)
         for share, v in zip(shares, variants, strict=True)
     ]
-    centers = _centers(allowed, spacing, shares, rng, center)
+    centers = _centers(allowed, spacing, shares, rng, center, prefer)
     target = volume_ml / voxel_ml
 
     def measure(m: float) -> tuple[np.ndarray, int]:
@@ -205,8 +230,9 @@ def lesion_mask(
     return best
 
 
-def _centers(allowed, spacing, shares, rng, center) -> list[np.ndarray]:
-    """Focus centers: deep enough inside the free brain for each focus's radius where possible."""
+def _centers(allowed, spacing, shares, rng, center, prefer=None) -> list[np.ndarray]:
+    """Focus centers: deep enough inside the free brain for each focus's radius where possible, and inside
+    ``prefer`` where that leaves any candidate."""
     depth = ndimage.distance_transform_edt(allowed, sampling=spacing)
     out = []
     for i, share in enumerate(shares):
@@ -219,6 +245,8 @@ def _centers(allowed, spacing, shares, rng, center) -> list[np.ndarray]:
             grid = np.indices(allowed.shape).reshape(3, -1).T * np.asarray(spacing)
             near = np.linalg.norm(grid - out[0] * np.asarray(spacing), axis=1).reshape(allowed.shape) <= 40
             ok = ok & near if (ok & near).any() else ok
+        if prefer is not None and (ok & prefer).any():
+            ok = ok & prefer
         candidates = np.argwhere(ok)
         out.append(candidates[int(rng.integers(len(candidates)))].astype(float))
     return out

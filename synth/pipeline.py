@@ -28,7 +28,7 @@ from meddiffusion.diffusion import build_diffusion_network, make_scheduler, samp
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, voxel_volume_ml
 from meddiffusion.synth.data import PLANE_AXIS, build_cond, paint_region, regions_stack
-from meddiffusion.synth.masks import TEMPLATES_FILE, lesion_mask, load_templates
+from meddiffusion.synth.masks import TEMPLATES_FILE, WHITE_MATTER_CLASS, lesion_mask, load_templates, white_matter
 from meddiffusion.transforms import brain_mask, denormalise, normalise
 from meddiffusion.weights import check_device, load_weights, pretrained, weights_hash
 
@@ -117,8 +117,11 @@ class LesionSynthesizer:
         brain = brain_mask(raw[self.modalities[0]])
         rng = np.random.default_rng(request.seed)
         blocked = existing > 0 if avoid is None else (existing > 0) | np.asarray(avoid, dtype=bool)
+        # white matter from the most telling contrast the subject has (T1 shows it best)
+        tissue = next(m for m in (*WHITE_MATTER_CLASS, *self.modalities) if m in subject)
+        prefer = white_matter(subject[tissue].data[0].numpy(), brain, tissue)
         lesion = lesion_mask(
-            brain, first.spacing, request.volume_ml, self.templates, rng, request.foci, request.center, blocked
+            brain, first.spacing, request.volume_ml, self.templates, rng, request.foci, request.center, blocked, prefer
         )
         painted = paint_region(lesion, brain, self.config["margin"])
         ranges = {m: brain_range(v) for m, v in raw.items()}
@@ -139,6 +142,7 @@ class LesionSynthesizer:
             "measured_volume_ml": float((lesion > 0).sum() * voxel_ml),
             "request": dataclasses.asdict(request),
             "painted_voxels": int(painted.sum()),
+            "placement": f"white matter preferred (from {tissue})",
             "clipped_to_host_range": clipped,
             "weights": str(self.folder),
             "weights_sha256": self.hash,

@@ -21,7 +21,7 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image, load_subject
 from meddiffusion.segmentation.data import SegPatches
 from meddiffusion.synth.cases import Distribution, Recipe, generate_cases
-from meddiffusion.synth.masks import Template, ellipsoid_template, lesion_mask
+from meddiffusion.synth.masks import Template, ellipsoid_template, lesion_mask, white_matter
 from meddiffusion.synth.pipeline import LesionRequest, LesionSynthesizer
 from meddiffusion.synth.train import load_synth_config, run_training
 from meddiffusion.transforms import brain_mask
@@ -60,6 +60,29 @@ def test_placement_keeps_off_a_given_tumour_and_away_from_the_brain_edge(brain_2
         depth = ndimage.distance_transform_edt(brain, sampling=spacing)
         center = np.round(np.argwhere(label > 0).mean(0)).astype(int)
         assert depth[tuple(center)] >= 10.0
+
+
+def test_white_matter_is_the_bright_tissue_of_t1_and_the_dark_tissue_of_t2(case_paths):
+    brain = brain_mask(load_image(case_paths["flair"]).data[0].numpy())
+    t1 = load_image(case_paths["t1"]).data[0].numpy()
+    wm = white_matter(t1, brain, "t1")
+    assert 0.2 <= wm.sum() / brain.sum() <= 0.6 and not (wm & ~brain).any()
+    assert t1[wm].mean() > t1[brain & ~wm].mean()
+    t2 = load_image(case_paths["t2"]).data[0].numpy()
+    wm_t2 = white_matter(t2, brain, "t2")
+    assert t2[wm_t2].mean() < t2[brain & ~wm_t2].mean()
+    assert (wm & wm_t2).sum() / wm.sum() > 0.5  # two contrasts, largely the same tissue
+
+
+def test_focus_centers_go_where_placement_prefers(brain_2mm):
+    brain, spacing, template, existing = brain_2mm
+    prefer = np.zeros_like(brain)
+    prefer[: brain.shape[0] // 2] = True  # one half of the brain
+    inside = []
+    for seed in range(6):
+        label = lesion_mask(brain, spacing, 1.0, [template], np.random.default_rng(seed), avoid=existing, prefer=prefer)
+        inside.append((label > 0)[prefer].sum() / (label > 0).sum())
+    assert min(inside) > 0.6 and np.mean(inside) > 0.8
 
 
 def test_same_seed_same_lesion_and_center_is_honoured(brain_2mm):
