@@ -8,8 +8,9 @@ the federation takes R x E steps at every site (R x E x K in all), the centralis
 pooled training cases, each site alone R x E steps on its own. ``secure`` repeats the federation with SecAgg+ for
 ``--secure-rounds`` rounds (its cost per round; its weights equal the plain ones up to quantisation, a test shows).
 Every model is scored on every site's held-out test cases (``eval.cases``: prediction on the original grid,
-post-processed as ``seg predict``), a site's alone model on its own. An arm whose weights exist is not retrained,
-so the benchmark continues where it stopped. Writes ``fl_per_case.csv``, ``fl_summary.json`` and ``fl_table.md``.
+post-processed as ``seg predict``), a site's alone model on its own (a site without test cases trains no alone
+model). An arm whose weights (and scores) exist is not redone, so the benchmark continues where it stopped.
+Writes ``fl_per_case.csv``, ``fl_summary.json`` and ``fl_table.md``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def score(weights: Path, config, sites: list[str], out: Path, landmarks: dict | 
     from meddiffusion.segmentation.federated import site_cases
     from meddiffusion.segmentation.predict import Segmenter
 
+    done = out / "scores.json"
+    if done.is_file():
+        return json.loads(done.read_text())
     segmenter = Segmenter.from_pretrained(weights)
     rows = []
     for site in sites:
@@ -72,6 +76,7 @@ def score(weights: Path, config, sites: list[str], out: Path, landmarks: dict | 
         predict = partial(segmenter.predict, landmarks=(landmarks or {}).get(site))
         for row in evaluate_cases(predict, cases, list(cases), out / "predictions", segmenter.modalities):
             rows.append({"site": site, **row})
+    done.write_text(json.dumps(rows) + "\n")
     return rows
 
 
@@ -120,6 +125,8 @@ def main() -> None:
         rows += [{"arm": "centralised", **r} for r in score(weights, config, sites, args.out / "centralised")]
     if "alone" in args.arms:
         for site in sites:
+            if not config.sites[site].get("test"):
+                continue  # nothing held out to score it on (the one-case BRATS 2012 site)
             weights = train_on(config, [site], steps, args.out / f"alone_{site}")
             rows += [{"arm": "alone", **r} for r in score(weights, config, [site], args.out / f"alone_{site}")]
     timing["benchmark_s"] = time.time() - started
