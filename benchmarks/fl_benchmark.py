@@ -134,7 +134,8 @@ def main() -> None:
         log = args.out / arm / "rounds.json"
         if log.is_file():
             rounds = json.loads(log.read_text())
-            timing[f"{arm}_s_per_round"] = float(np.mean([r["seconds"] for r in rounds]))
+            # the median: a round that starts a process also loads every site's cases
+            timing[f"{arm}_s_per_round"] = float(np.median([r["seconds"] for r in rounds]))
             timing[f"{arm}_bytes_per_round"] = float(np.mean([r["bytes_down"] + r["bytes_up"] for r in rounds]))
     if "federated_s_per_round" in timing and "secure_s_per_round" in timing:
         timing["secagg_overhead"] = timing["secure_s_per_round"] / timing["federated_s_per_round"] - 1.0
@@ -147,6 +148,7 @@ def main() -> None:
         "steps_per_site": steps,
         "timing": timing,
         "arms": _summarise(rows),
+        "federated_minus": _paired(rows),
     }
     (args.out / "fl_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "fl_table.md").write_text(_table(rows))
@@ -161,6 +163,25 @@ def _summarise(rows: list[dict]) -> dict:
         out[arm] = {m: float(np.nanmean([r[f"{m}_dice"] for r in mine])) for m in ("WT", "TC", "ET")}
         sites = dict.fromkeys(r["site"] for r in mine)
         out[arm]["per_site_WT"] = {s: float(np.nanmean([r["WT_dice"] for r in mine if r["site"] == s])) for s in sites}
+    return out
+
+
+def _paired(rows: list[dict]) -> dict:
+    """Federated minus each other arm on the same held-out cases (one pair per patient), t-interval over patients."""
+    from meddiffusion.errors import MeddiffError
+    from meddiffusion.eval.stats import paired_comparison
+
+    fed = {r["case_id"]: r for r in rows if r["arm"] == "federated"}
+    out: dict = {}
+    for arm in dict.fromkeys(r["arm"] for r in rows if r["arm"] != "federated"):
+        other = {r["case_id"]: r for r in rows if r["arm"] == arm}
+        common = sorted(set(fed) & set(other))
+        for m in ("WT", "TC", "ET"):
+            try:
+                s = paired_comparison([other[c][f"{m}_dice"] for c in common], [fed[c][f"{m}_dice"] for c in common])
+            except MeddiffError:
+                continue
+            out[f"{arm}/{m}"] = {k: s[k] for k in ("n", "mean_diff", "ci95_low", "ci95_high", "t_pvalue")}
     return out
 
 
