@@ -31,11 +31,13 @@ ARMS = ("federated", "secure", "harmonised", "centralised", "alone")
 
 def federate(config, out: Path, rounds: int) -> Path:
     from meddiffusion.app.fl import simulate
+    from meddiffusion.segmentation.federated import CHECKPOINT
+    from meddiffusion.weights import CONFIG_FILE
 
     if (out / "weights" / "config.json").is_file():
         return out / "weights"
     config.federation.rounds = rounds
-    return simulate(config, out, resume=(out / "checkpoint" / "state.json").is_file())
+    return simulate(config, out, resume=(out / CHECKPOINT / CONFIG_FILE).is_file())
 
 
 def train_on(config, sites: list[str], steps: int, out: Path) -> Path:

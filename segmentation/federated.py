@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 from meddiffusion.config import load_train_config
 from meddiffusion.data.harmonise import fit_landmarks, harmonise
@@ -26,6 +27,7 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.segmentation.coding import activate, classes_to_labels, decode
 from meddiffusion.segmentation.data import SegPatches
 from meddiffusion.segmentation.train import SegTrainConfig, load_seg_config, make_loss, region_dice
+from meddiffusion.weights import CONFIG_FILE
 
 
 @dataclass
@@ -104,7 +106,7 @@ def load_federated_config(path: str | Path | None, overrides: dict | None = None
     return config
 
 
-#: the run folder's per-round checkpoint of the global weights (``model.safetensors`` + ``state.json``)
+#: the run folder's per-round checkpoint: the global weights as a weights folder whose config names the round
 CHECKPOINT = "checkpoint"
 
 
@@ -119,7 +121,7 @@ def check_run(config: FederatedConfig, out: Path, resume: bool) -> Path | None:
     checkpoint = out / CHECKPOINT
     if checkpoint.exists() and not resume:
         raise MeddiffError("holds a federation checkpoint already: pass --resume to continue it, or a new --out", out)
-    if resume and not (checkpoint / "state.json").is_file():
+    if resume and not (checkpoint / CONFIG_FILE).is_file():
         raise MeddiffError("has no federation checkpoint to resume from", out)
     return checkpoint if resume else None
 
@@ -169,8 +171,7 @@ def load_site(config: FederatedConfig, name: str) -> Site:
         modality_dropout=seg.data.modality_dropout,
     )
     plain = SegPatches(subjects, seg.data.patch_size, seg.data.neighbours, 0.5, augment=False, seed=seed + 500)
-    items = [plain[i] for i in range(config.federation.eval_patches)]
-    eval_batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+    eval_batch = next(_batches(plain, 0, 1, config.federation.eval_patches))
     return Site(name, len(cases), patches, eval_batch, landmarks)
 
 
@@ -196,8 +197,7 @@ def _batches(patches: SegPatches, start: int, steps: int, batch_size: int) -> It
     """Batches ``start .. start + steps`` of the site's fixed patch sequence (item i is a pure function of i, so
     round r of a resumed federation draws what an uninterrupted one would)."""
     for step in range(start, start + steps):
-        items = [patches[step * batch_size + j] for j in range(batch_size)]
-        yield {k: torch.stack([item[k] for item in items]) for k in items[0]}
+        yield default_collate([patches[step * batch_size + j] for j in range(batch_size)])
 
 
 def local_update(
@@ -211,8 +211,8 @@ def local_update(
     (one array per state-dict entry, in order) and the mean loss terms of the round."""
     torch.set_num_threads(max(settings.threads, 1))
     torch.manual_seed(seg.seed * 7919 + completed_rounds)
-    anchor = [p.detach().clone() for p in model.parameters()]
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    anchor = [start[name] for name, _ in model.named_parameters()]  # θ_global, for the proximal term
     loss_fn, _ = make_loss(seg.loss, seg.network.output)
     lr = round_learning_rate(seg.train.learning_rate, completed_rounds, settings.rounds)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)

@@ -31,10 +31,10 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from meddiffusion.config import config_record
-from meddiffusion.io import atomic_write, write_json
+from meddiffusion.io import write_json
 from meddiffusion.provenance import code_state
 from meddiffusion.segmentation.federated import (
     CHECKPOINT,
@@ -48,7 +48,7 @@ from meddiffusion.segmentation.federated import (
 )
 from meddiffusion.segmentation.models import build_from_weights_config, n_parameters
 from meddiffusion.segmentation.train import weights_config
-from meddiffusion.weights import WEIGHTS_FILE, record_run, save_weights
+from meddiffusion.weights import WEIGHTS_FILE, read_config, record_run, save_weights
 
 ROUNDS_LOG = "rounds.json"
 #: a process keeps each site's prepared data: a simulation's workers serve many rounds and several sites
@@ -192,12 +192,9 @@ class UpdateAveraging(FedAvg):
         return super().aggregate_evaluate(server_round, results, failures)
 
     def _checkpoint(self, done: int) -> None:
+        """The global weights after round ``done``, as a weights folder whose config also names that round."""
         _load_arrays(self.model, self.arrays)
-        folder = self.out / CHECKPOINT
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-        atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)), suffix=".safetensors")
-        write_json({"round": done}, folder / "state.json")
+        save_weights(self.out / CHECKPOINT, self.model, {**weights_config(self.config.seg_config()), "round": done})
         write_json(self.log, self.out / ROUNDS_LOG)
 
 
@@ -219,7 +216,7 @@ def _start(config: FederatedConfig, out: Path, resume: bool) -> tuple[int, list[
     if checkpoint is None:
         return 0, _arrays(model)
     model.load_state_dict(load_file(str(checkpoint / WEIGHTS_FILE)))
-    return int(json.loads((checkpoint / "state.json").read_text())["round"]), _arrays(model)
+    return int(read_config(checkpoint)["round"]), _arrays(model)
 
 
 def run_server(grid: Grid, context: Context, config: FederatedConfig, out: Path, resume: bool = False) -> Path:
