@@ -2,7 +2,7 @@
 
     python benchmarks/seg_benchmark.py [--runs RUNS] [--steps 500] [--folds 5] [--out docs/benchmarks]
     python benchmarks/seg_benchmark.py --only-timing
-    python benchmarks/seg_benchmark.py --inference WEIGHTS --val-cases ID ...   # overlap: seconds and Dice
+    python benchmarks/seg_benchmark.py --inference WEIGHTS --val-cases ID ...   # inference settings: seconds, Dice
 
 Cross-validation (``meddiff seg ablate``, continued if ``--runs`` holds finished folds): every variant of
 ``segmentation/variants.py`` on the same k folds (by patient) and seeds, configs/seg_dualpath.yaml with
@@ -94,10 +94,19 @@ def _predict(queue) -> None:
     queue.put({"predict_s_per_volume": seconds, "shape": list(subject.spatial_shape), "peak_rss_mb": peak})
 
 
+#: the inference settings compared (segmentation/predict.py INFERENCE): tiling, overlap, test-time flips
+SETTINGS = {
+    "patch, overlap 0.5": {"window": "patch", "overlap": 0.5, "mirror": False},
+    "patch, overlap 0.25": {"window": "patch", "overlap": 0.25, "mirror": False},
+    "plane": {"window": "plane", "overlap": 0.25, "mirror": False},
+    "plane, flips": {"window": "plane", "overlap": 0.25, "mirror": True},
+}
+
+
 def inference_settings(weights: Path, data: Path, cases: list[str], out: Path) -> dict:
-    """Seconds and Dice (post-processed, BraTS 2021 regions) of the weights on ``cases`` for each sliding-window
-    overlap: what the overlap costs and gives. Run on validation cases, so the default it chooses is not chosen
-    on test cases."""
+    """Seconds and Dice (post-processed, BraTS 2021 regions) of the weights on ``cases`` for each inference
+    setting (``SETTINGS``): what the tiling, overlap and flips cost and give. Run on validation cases, so the
+    default it chooses is not chosen on test cases."""
     import torch
 
     from meddiffusion.data.layouts import read_dataset
@@ -108,9 +117,9 @@ def inference_settings(weights: Path, data: Path, cases: list[str], out: Path) -
     torch.set_num_threads(2)
     segmenter = Segmenter.from_pretrained(weights)
     by_id = {c.case_id: c for c in read_dataset(data)}
-    results: dict = {"weights": str(weights), "cases": cases, "overlap": {}}
-    for overlap in (0.5, 0.25):
-        segmenter.config = {**segmenter.config, "inference": {"overlap": overlap}}
+    results: dict = {"weights": str(weights), "cases": cases, "machine": platform.machine(), "settings": {}}
+    for name, setting in SETTINGS.items():
+        segmenter.config = {**segmenter.config, "inference": setting}
         rows = []
         for case_id in cases:
             subject, label = reference_label(by_id[case_id], segmenter.modalities)
@@ -127,11 +136,11 @@ def inference_settings(weights: Path, data: Path, cases: list[str], out: Path) -
                 }
             )
             print(
-                f"overlap {overlap}: {case_id} {seconds:.1f} s WT {metrics['WT_dice']:.3f} "
+                f"{name}: {case_id} {seconds:.1f} s WT {metrics['WT_dice']:.3f} "
                 f"TC {metrics['TC_dice']:.3f} ET {metrics['ET_dice']:.3f}",
                 flush=True,
             )
-        results["overlap"][str(overlap)] = rows
+        results["settings"][name] = {"setting": setting, "cases": rows}
     (out / "seg_inference.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
@@ -165,7 +174,7 @@ def main() -> None:
     parser.add_argument("--only-timing", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--finished-only", action="store_true", help="tabulate finished folds only; train nothing")
-    parser.add_argument("--inference", metavar="WEIGHTS", help="only: overlap cost/benefit of WEIGHTS on --val-cases")
+    parser.add_argument("--inference", metavar="WEIGHTS", help="only: each inference setting's seconds and Dice")
     parser.add_argument("--val-cases", nargs="+", default=[], help="validation case ids of configs/seg_cases.csv")
     args = parser.parse_args()
     out = Path(args.out)

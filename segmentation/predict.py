@@ -2,7 +2,9 @@
 
 The weights declare the modalities they need, the training spacing, patch size and 2.5D neighbours; the
 volume is prepared as in training, segmented plane by plane with MONAI's sliding-window inferer (Gaussian
-blending), and the class probabilities are resampled back to the input grid before the argmax.
+blending), and the class probabilities are resampled back to the input grid before the argmax. How the planes
+are tiled is an inference setting the weights carry (``INFERENCE``): training-size windows with an overlap, or
+one window over the brain's in-plane box (the network is fully convolutional), with optional test-time flips.
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ from meddiffusion.segmentation.models import build_from_weights_config
 from meddiffusion.weights import load_weights, pretrained, weights_hash
 
 SHIPPED = "seg-dualpath"
+#: inference settings when the weights name none: ``window`` "patch" (training-size windows, ``overlap``) or
+#: "plane" (one window per plane over the brain's box); ``mirror``: average over the in-plane flips (x4 time)
+INFERENCE = {"window": "patch", "overlap": 0.5, "mirror": False}
+WINDOWS = ("patch", "plane")
+
+
+def _mirrored(predictor, x: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation as nnU-Net does it: the mean of the predictions of the four in-plane flips."""
+    flips = [(), (2,), (3,), (2, 3)]
+    return sum(predictor(x.flip(f)).flip(f) if f else predictor(x) for f in flips) / len(flips)
 
 
 @torch.no_grad()
@@ -44,9 +56,14 @@ def segment_prepared(
     planes_per_batch: int = 16,
     progress: bool = False,
     overlap: float = 0.5,
+    window: str = "patch",
+    mirror: bool = False,
 ) -> torch.Tensor:
     """Probabilities ``[K, X, Y, Z]`` of a prepared subject (its grid), in the network's ``output`` coding
-    (``segmentation.coding``). Only the brain's bounding box is computed; outside it nothing is tumour."""
+    (``segmentation.coding``). Only the brain's bounding box is computed; outside it nothing is tumour.
+    ``window="plane"``: one window per plane over the box (padded to the network's multiple of 8)."""
+    if window not in WINDOWS:
+        raise MeddiffError(f"inference window must be one of {', '.join(WINDOWS)}, not {window!r}")
     channels = torch.stack([subject[m].data[0].float() for m in modality_names(subject)]).movedim(PLANE_AXIS + 1, 1)
     brain = (channels[0] != 0).numpy()
     device = next(model.parameters()).device
@@ -56,6 +73,13 @@ def segment_prepared(
         raise MeddiffError(f"case {subject.get('case_id', '')}: the first modality is empty (a constant image)")
     box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(coords.min(0), coords.max(0), strict=True))
     planes = range(box[0].start, box[0].stop)
+    roi = (patch_size, patch_size)
+    if window == "plane":
+        roi = tuple(-(-(b.stop - b.start) // 8) * 8 for b in box[1:])
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        return activate(model(x).float(), output)
+
     outputs = []
     for start in tqdm(range(0, len(planes), planes_per_batch), desc="segment", disable=not progress, leave=False):
         index = torch.tensor(planes[start : start + planes_per_batch])
@@ -64,9 +88,9 @@ def segment_prepared(
         stack = stack.to(device)
         probs = sliding_window_inference(
             stack,
-            (patch_size, patch_size),
+            roi,
             planes_per_batch,
-            lambda x: activate(model(x).float(), output),
+            (lambda x: _mirrored(predictor, x)) if mirror else predictor,
             overlap=overlap,
             mode="gaussian",
         ).cpu()
@@ -124,9 +148,11 @@ class Segmenter:
         return [m for m in self.modalities if m in available]
 
     @property
-    def overlap(self) -> float:
-        """Sliding-window overlap: the weights' own (chosen on validation cases when they were shipped), else 0.5."""
-        return float(self.config.get("inference", {}).get("overlap", 0.5))
+    def inference(self) -> dict:
+        """Window, overlap and flips: the weights' own (chosen on validation cases when they were shipped) over
+        ``INFERENCE``."""
+        chosen = self.config.get("inference", {})
+        return {k: chosen.get(k, default) for k, default in INFERENCE.items()}
 
     def __call__(
         self, subject: tio.Subject, progress: bool = False, clean: bool = True, landmarks: dict | None = None
@@ -146,7 +172,7 @@ class Segmenter:
             self.config["neighbours"],
             self.output,
             progress=progress,
-            overlap=self.overlap,
+            **self.inference,
         )
         reference = subject[used[0]]
         if self.config.get("spacing"):  # back to the input grid, probabilities first, then the decision
@@ -168,14 +194,22 @@ class Segmenter:
 
 
 def predict_case(
-    case: CaseFiles, output: str | Path, weights: str | Path | None = None, force: bool = False, clean: bool = True
+    case: CaseFiles,
+    output: str | Path,
+    weights: str | Path | None = None,
+    force: bool = False,
+    clean: bool = True,
+    flips: bool = False,
 ) -> np.ndarray:
-    """Segment one case into ``output`` (uint8 NIfTI, BraTS 2021 labels) plus ``<output>.json`` provenance."""
+    """Segment one case into ``output`` (uint8 NIfTI, BraTS 2021 labels) plus ``<output>.json`` provenance.
+    ``flips``: test-time flips on, whatever the weights choose."""
     output = Path(output)
     record = sidecar(output)
     for path in (output, record):
         check_output(path, force)
     segmenter = Segmenter.from_pretrained(weights)
+    if flips:
+        segmenter.config = {**segmenter.config, "inference": {**segmenter.inference, "mirror": True}}
     used = segmenter.check_modalities(list(case.images), case.case_id)
     absent = [m for m in segmenter.modalities if m not in used]
     print(
@@ -196,7 +230,7 @@ def predict_case(
             weights_sha256=segmenter.hash,
             label_convention="brats2021",
             postprocessed=clean,
-            overlap=segmenter.overlap,
+            inference=segmenter.inference,
             voxels_per_label={int(v): int((labels == v).sum()) for v in np.unique(labels)},
         ),
         record,

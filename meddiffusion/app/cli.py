@@ -218,7 +218,12 @@ def _seg_predict(args: argparse.Namespace) -> int:
     from meddiffusion.segmentation.predict import predict_case
 
     labels = predict_case(
-        input_case(case_dir, files), output, args.weights, force=args.force, clean=not args.no_postprocess
+        input_case(case_dir, files),
+        output,
+        args.weights,
+        force=args.force,
+        clean=not args.no_postprocess,
+        flips=args.flips,
     )
     print(f"wrote {output} ({int((labels > 0).sum())} tumour voxels)")
     return 0
@@ -457,6 +462,7 @@ def _add_seg(commands) -> None:
         predict.add_argument(f"--{m}", help=f"{m} image (instead of, or over, the case folder's)")
     predict.add_argument("--weights", help="weights folder (default: the shipped dual-path weights)")
     predict.add_argument("--no-postprocess", action="store_true", help="keep small isolated tumour components")
+    predict.add_argument("--flips", action="store_true", help="average over the in-plane flips (better TC/ET, 3x time)")
     predict.add_argument("--force", action="store_true")
     predict.set_defaults(handler=_seg_predict)
 
