@@ -37,10 +37,15 @@ class SegNetworkConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def size_multiple(self) -> int:
+        """What every input side must be a multiple of: the networks halve three times, SwinUNETR five."""
+        return 32 if self.model == "swinunetr" else 8
+
     def check_patch(self, patch_size: int) -> None:
-        """Patches (and sliding windows) must fit the network's downsampling: SwinUNETR halves five times and
-        normalises its 2 x 2 bottom, so it needs 64 or more."""
-        multiple, smallest = (32, 64) if self.model == "swinunetr" else (8, 8)
+        """Patches (and sliding windows) must fit the network's downsampling: SwinUNETR also normalises its
+        2 x 2 bottom, so it needs 64 or more."""
+        multiple, smallest = self.size_multiple, (64 if self.model == "swinunetr" else 8)
         if patch_size % multiple or patch_size < smallest:
             raise ValueError(f"data.patch_size must be a multiple of {multiple} and >= {smallest} for {self.model}")
 
