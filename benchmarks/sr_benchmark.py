@@ -2,9 +2,11 @@
 
     python benchmarks/sr_benchmark.py [--weights-dir meddiffusion/pretrained] [--slices 8] [--out docs/benchmarks]
 
-Held out: BRATS 2012 HG0015 (T1, T1c, T2, FLAIR; embedded) and BRATS 2015 pat0006 (FLAIR, T1c; from
-../shared/data when present). For each volume a slab through the tumour is degraded (4x and 2x in-plane by
-k-space cropping, 4x through-plane by averaging slices), upscaled by every method, and scored inside the head
+Held out (never trained on, never used to choose a default; configs/sr_*.yaml): BRATS 2012 HG0015 (T1, T1c, T2,
+FLAIR; embedded), and from ../shared/data when present BRATS 2015 pat0006 (FLAIR, T1c) and BraTS 2018 2013_11 and
+TCIA03_265 (T1, T1c, T2, FLAIR; two sites, raw scanner intensities). For each volume a slab through the tumour
+is degraded (4x and 2x in-plane by k-space cropping, 4x through-plane by averaging slices), upscaled by every
+method, and scored inside the head
 (PSNR and slice-wise SSIM with the whole reference volume's head intensity range as data range, HFEN).
 Writes ``sr_results.json`` and ``sr_table.md`` into ``--out``; docs/benchmarks.md quotes them with date,
 machine and command.
@@ -28,7 +30,10 @@ from meddiffusion.sr.degradation import degrade, low_res_affine
 from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions
 from meddiffusion.transforms import head_mask
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_pat0006_1"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = DATA / "brats2015_deepmedic" / "brats_2013_pat0006_1"
+BRATS2018 = ("2013_11", "TCIA03_265")
+CONTRASTS = (("t1", "T1"), ("t1ce", "T1c"), ("t2", "T2"), ("flair", "FLAIR"))
 
 
 def held_out() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -36,7 +41,7 @@ def held_out() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     case = embedded_case()
     label = load_image(case["label"], label=True).data[0].numpy()
     volumes = {}
-    for modality, contrast in (("t1", "T1"), ("t1ce", "T1c"), ("t2", "T2"), ("flair", "FLAIR")):
+    for modality, contrast in CONTRASTS:
         image = load_image(case[modality])
         volumes[f"HG0015 {contrast}"] = (image.data[0].numpy(), image.affine, label)
     if SHARED.exists():
@@ -44,6 +49,13 @@ def held_out() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         for name, contrast in (("Flair_subtrMeanDivStd.nii.gz", "FLAIR"), ("T1c_subtrMeanDivStd.nii.gz", "T1c")):
             image = load_image(SHARED / name)
             volumes[f"pat0006 {contrast}"] = (image.data[0].numpy(), image.affine, seg)
+    for case_id in BRATS2018:
+        folder = DATA / "brats2018_deepbrainseg" / f"Brats18_{case_id}_1"
+        if folder.exists():
+            seg = load_image(folder / f"{folder.name}_seg.nii.gz", label=True).data[0].numpy()
+            for modality, contrast in CONTRASTS:
+                image = load_image(folder / f"{folder.name}_{modality}.nii.gz")
+                volumes[f"{case_id} {contrast}"] = (image.data[0].numpy(), image.affine, seg)
     return volumes
 
 

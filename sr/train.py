@@ -32,6 +32,8 @@ from meddiffusion.weights import record_run, save_weights
 @dataclass
 class SRDataConfig:
     train: list[str] = field(default_factory=list)
+    #: volumes blurred along z (thick slices resampled to thin ones): training data for the in-plane tasks only
+    inplane_only: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
     scales: list[int] = field(default_factory=lambda: [2, 4])
     axes: list[str] = field(default_factory=lambda: ["inplane", "through"])
@@ -77,10 +79,15 @@ class SRTrainConfig:
 
 def load_sr_config(path: str | Path, overrides: dict | None = None) -> SRTrainConfig:
     """Load a training config; data paths resolve relative to the config file's folder, and must exist."""
-    config = load_train_config(SRTrainConfig, path, overrides, (("data", "train"), ("data", "val"), ("data", "prior")))
-    if not config.data.train:
+    config = load_train_config(
+        SRTrainConfig,
+        path,
+        overrides,
+        (("data", "train"), ("data", "inplane_only"), ("data", "val"), ("data", "prior")),
+    )
+    if not config.data.train and not config.data.inplane_only:
         raise MeddiffError("data.train lists no volumes", path)
-    for split in ("train", "val"):
+    for split in ("train", "inplane_only", "val"):
         if missing := [p for p in getattr(config.data, split) if not Path(p).is_file()]:
             raise MeddiffError(f"data.{split} lists missing files: {', '.join(missing)}", path)
     return config
@@ -116,7 +123,14 @@ def validation(config: SRTrainConfig, val_set: SRPairs, n_patches: int = 32, ste
     return validate
 
 
-def _pairs(config: SRTrainConfig, paths: list[str], seed: int, augment: bool, prior: SRPipeline | None) -> SRPairs:
+def _pairs(
+    config: SRTrainConfig,
+    paths: list[str],
+    seed: int,
+    augment: bool,
+    prior: SRPipeline | None,
+    inplane_only: list[str] | None = None,
+) -> SRPairs:
     data = config.data
     return SRPairs(
         paths,
@@ -127,6 +141,7 @@ def _pairs(config: SRTrainConfig, paths: list[str], seed: int, augment: bool, pr
         seed=seed,
         augment=augment,
         prior=(prior.model, prior.config) if prior is not None else None,
+        inplane_only=inplane_only or (),
     )
 
 
@@ -169,7 +184,7 @@ def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at
     """Train and write ``out/weights`` (EMA weights + config + training log); returns that folder."""
     torch.manual_seed(config.seed)
     prior = load_prior(config)
-    train_set = _pairs(config, config.data.train, seed=config.seed, augment=True, prior=prior)
+    train_set = _pairs(config, config.data.train, config.seed, True, prior, config.data.inplane_only)
     validate = None
     if config.data.val:
         val_set = _pairs(config, config.data.val, seed=12345, augment=False, prior=prior)
@@ -179,7 +194,7 @@ def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at
     scheduler = make_scheduler("ddpm", **dataclasses.asdict(config.schedule))
     loss_fn = diffusion_loss(scheduler) if config.method == "diffusion" else regression_loss
     data_list = config_record(config, out)["data"]
-    main = write_run_files(out, config, {"train": data_list["train"], "val": data_list["val"]})
+    main = write_run_files(out, config, {k: data_list[k] for k in ("train", "inplane_only", "val")})
     model = train(
         model,
         train_set,

@@ -34,9 +34,21 @@ def test_shipped_configs_load(tmp_path):
     shared = root.parent / "shared" / "data"
     if not shared.exists():
         pytest.skip("../shared/data (training volumes) not present beside this checkout")
+    benchmark = ("HG0015", "pat0006", "Brats18_2013_11_1", "Brats18_TCIA03_265_1")  # benchmarks/sr_benchmark.py
     for name in ("sr_diffusion.yaml", "sr_unet.yaml"):
         config = load_sr_config(root / "configs" / name)
-        assert config.network.diffusion == (config.method == "diffusion") and len(config.data.train) == 11
+        assert config.network.diffusion == (config.method == "diffusion")
+        fitted = [*config.data.train, *config.data.inplane_only]
+        assert not [p for p in fitted + config.data.val for case in benchmark if case in p]
+        assert not set(fitted) & set(config.data.val)
+    regression, diffusion = (load_sr_config(root / "configs" / f"sr_{m}.yaml").data for m in ("unet", "diffusion"))
+    assert (len(regression.train), len(regression.inplane_only), len(regression.val)) == (20, 39, 5)
+    assert (diffusion.train, diffusion.inplane_only, diffusion.val) == (
+        regression.train,
+        regression.inplane_only,
+        regression.val,
+    )
+    assert Path(diffusion.prior).name == "sr-unet"  # residual diffusion over the regression model
 
 
 def test_degrade_cli_writes_the_low_resolution_grid(real_crop, tmp_path):

@@ -109,3 +109,27 @@ def test_the_mean_of_residual_samples_of_a_trained_toy_model_approaches_the_regr
     bias, spread = bias_and_spread(trained)
     assert abs(bias) < 0.05  # the mean of samples is the regression output (a zero residual on average)
     assert 0.5 < spread < 1.5  # while single samples vary like the true residual (the uncertainty the std map shows)
+
+
+def test_inplane_only_volumes_serve_the_inplane_tasks_alone_cut_to_the_head(real_crop):
+    """A volume blurred along z trains the in-plane tasks only; every volume is cut to its head's box and stored
+    in half precision, and items are full-precision patches of the requested size."""
+    import numpy as np
+
+    from meddiffusion.io import load_image
+    from meddiffusion.sr.data import head_box
+
+    tasks = [Task(2, "inplane"), Task(2, "through")]
+    both = SRPairs([real_crop["t2"]], tasks, patch_size=32, seed=0)
+    only = SRPairs([], tasks, patch_size=32, seed=0, inplane_only=[real_crop["t2"]])
+    assert {e["task"].axis for e in both.entries} == {"inplane", "through"}
+    assert {e["task"].axis for e in only.entries} == {"inplane"}
+    assert all(e["high"].dtype == torch.float16 for e in only.entries)
+    item = only[0]
+    assert item["cond"].dtype == torch.float32 and item["cond"].shape == (3, 32, 32)
+    volume = np.zeros((40, 50, 30), np.float32)
+    volume[10:20, 5:45, 12:14] = 1.0
+    assert head_box(volume, margin=2).shape == (14, 44, 6)
+    image = load_image(real_crop["t2"]).data[0].numpy()
+    cut = head_box(image)
+    assert cut.sum() == image.sum() and cut.size <= image.size  # nothing of the head is lost
