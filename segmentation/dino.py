@@ -1,11 +1,11 @@
 """Self-distillation with no labels (DINO; Caron et al. 2021, as DINOv2 trains it) for the segmentation encoder.
 
-A student and a teacher share the architecture: the dual-path encoder, global average pooling of its coarsest
-fused features, and a projection head ending in ``K`` learned prototypes (weight-normalised, so the softmax over
-them is an online clustering of the embeddings). The teacher is not trained: it follows the student as an
-exponential moving average. The student learns to predict, from every view, the teacher's sharpened and centred
-distribution over prototypes on the *other* global views; centring (subtracting a running mean of the teacher's
-outputs) and sharpening (a low teacher temperature) together keep the clustering from collapsing.
+A student and a teacher share the architecture: the segmenter's encoder (dual path, or the MONAI U-Net's down path),
+global average pooling of its coarsest features, and a projection head ending in ``K`` learned prototypes (weight-
+normalised, so the softmax over them is an online clustering of the embeddings). The teacher is not trained: it
+follows the student as an exponential moving average. The student learns to predict, from every view, the teacher's
+sharpened and centred distribution over prototypes on the *other* global views; centring (subtracting a running mean
+of the teacher's outputs) and sharpening (a low teacher temperature) together keep the clustering from collapsing.
 
 Written here with torch: ``lightly`` and the reference code need torchvision, which does not import beside the
 CPU torch build; these few parts are small and each is tested against a hand computation.
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meddiffusion.segmentation.dualpath import DualPathSegNet
+from meddiffusion.segmentation.models import deepest_features
 
 
 class DINOHead(nn.Module):
@@ -36,15 +36,15 @@ class DINOHead(nn.Module):
 
 
 class DINOModel(nn.Module):
-    """The dual-path encoder with a DINO head: ``embed`` gives the pooled features, ``forward`` the prototype
-    logits. Its ``backbone`` has exactly the segmenter's encoder parameters, so they transfer by name."""
+    """A segmentation network with a DINO head: ``embed`` gives the pooled features of its encoder, ``forward``
+    the prototype logits. Its ``backbone`` is the segmenter's network, so the encoder transfers by name."""
 
-    def __init__(self, backbone: DualPathSegNet, head: DINOHead) -> None:
+    def __init__(self, backbone: nn.Module, head: DINOHead) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.encode(x)[3].flatten(2).mean(-1)
+        return deepest_features(self.backbone, x).flatten(2).mean(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
 from monai.networks.nets import UNet
 from torch import nn
 
@@ -36,6 +37,16 @@ class SegNetworkConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def architecture(self) -> dict:
+        """The fields that shape this model's network (the output coding aside): what two configs must share
+        for weights to move between them."""
+        fields = {
+            "dualpath": ("channels", "d_model", "n_heads", "n_points", "attention", "use_cnn", "use_transformer"),
+            "unet": ("channels",),
+            "swinunetr": ("swin_feature_size",),
+        }[self.model]
+        return {"model": self.model, **{k: getattr(self, k) for k in fields}}
 
     @property
     def size_multiple(self) -> int:
@@ -79,6 +90,44 @@ def build_from_weights_config(config: dict) -> nn.Module:
     it saves (``segmentation.train.weights_config``), so training and prediction cannot disagree."""
     in_channels = len(config["modalities"]) * (2 * config["neighbours"] + 1)
     return build_network(SegNetworkConfig(**config["network"]), in_channels)
+
+
+#: the networks whose encoder self-supervised pretraining learns (``deepest_features``, ``encoder_keys``)
+PRETRAINABLE = ("dualpath", "unet")
+
+
+def _unet_encoder(model: UNet) -> tuple[list[tuple[str, nn.Module]], tuple[str, nn.Module]]:
+    """The down blocks of a MONAI U-Net and its bottom block, with their parameter-name prefixes. MONAI nests
+    each level as ``Sequential(down, SkipConnection(next level), up)`` and the bottom as the last submodule."""
+    downs, level, prefix = [], model.model, "model."
+    while isinstance(level, nn.Sequential) and len(level) == 3:
+        downs.append((prefix + "0.", level[0]))
+        level, prefix = level[1].submodule, prefix + "1.submodule."
+    return downs, (prefix, level)
+
+
+def deepest_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's coarsest feature map of ``x``: what self-supervised pretraining pools into an embedding."""
+    if isinstance(model, DualPathSegNet):
+        return model.encode(x)[3]
+    if isinstance(model, UNet):
+        downs, (_, bottom) = _unet_encoder(model)
+        for _, block in downs:
+            x = block(x)
+        return bottom(x)
+    raise TypeError(f"no encoder is defined for {type(model).__name__}")
+
+
+def encoder_keys(model: nn.Module) -> list[str]:
+    """The state-dict keys of the encoder (everything but the decoder): what pretraining learns and ``seg train
+    --init`` loads. Dual path: both branches and their fusion; U-Net: the down blocks and the bottom."""
+    keys = list(model.state_dict())
+    if isinstance(model, DualPathSegNet):
+        return [k for k in keys if not k.startswith(DualPathSegNet.DECODER_PREFIXES)]
+    if isinstance(model, UNet):
+        downs, (bottom, _) = _unet_encoder(model)
+        return [k for k in keys if k.startswith((*(p for p, _ in downs), bottom))]
+    raise TypeError(f"no encoder is defined for {type(model).__name__}")
 
 
 def n_parameters(model: nn.Module) -> int:

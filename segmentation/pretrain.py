@@ -26,8 +26,13 @@ from meddiffusion.data.prepare import load_case
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, modality_names
 from meddiffusion.segmentation.dino import DINOHead, DINOModel, DINOObjective
-from meddiffusion.segmentation.dualpath import DualPathSegNet
-from meddiffusion.segmentation.models import SegNetworkConfig, build_from_weights_config, n_parameters
+from meddiffusion.segmentation.models import (
+    PRETRAINABLE,
+    SegNetworkConfig,
+    build_from_weights_config,
+    encoder_keys,
+    n_parameters,
+)
 from meddiffusion.segmentation.views import PlaneViews, plane_patch
 from meddiffusion.training import TrainConfig, process_state, train, write_run_files
 from meddiffusion.weights import load_weights, record_run, save_weights
@@ -73,8 +78,16 @@ class SSLConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.network.model != "dualpath":
-            raise ValueError("self-supervised pretraining is for the dual-path encoder (network.model: dualpath)")
+        if self.network.model not in PRETRAINABLE:
+            raise ValueError(
+                f"self-supervised pretraining learns the encoder of {', '.join(PRETRAINABLE)} (network.model)"
+            )
+
+
+ENCODERS = {
+    "dualpath": "dual-path encoder (CNN and Transformer branches and their fusion); decoder untrained",
+    "unet": "MONAI U-Net encoder (down blocks and bottom); decoder untrained",
+}
 
 
 def load_ssl_config(path: str | Path | None, overrides: dict | None = None) -> SSLConfig:
@@ -86,7 +99,7 @@ def weights_config(config: SSLConfig) -> dict:
     return {
         "network": config.network.to_dict(),
         "task": "ssl",
-        "pretrained": "dual-path encoder (CNN and Transformer branches and their fusion); decoder untrained",
+        "pretrained": ENCODERS[config.network.model],
         "modalities": config.data.modalities,
         "neighbours": config.data.neighbours,
         "seed": config.seed,
@@ -178,21 +191,22 @@ def run_pretraining(config: SSLConfig, out: Path, resume: bool = False, stop_at:
     return folder
 
 
-def load_pretrained_encoder(model: DualPathSegNet, folder: str | Path, segmenter: dict) -> int:
+def load_pretrained_encoder(model: nn.Module, folder: str | Path, segmenter: dict) -> int:
     """Copy the pretrained encoder of ``folder`` (``ssl pretrain`` weights) into ``model``, the network the
     segmenter's weights config ``segmenter`` describes. A different network or input layout is a one-line error
     naming the difference. Returns the number of tensors loaded."""
     pretrained, config = load_weights(folder, "ssl", build_from_weights_config)
-    ours = SegNetworkConfig(**segmenter["network"]).to_dict()
-    theirs = SegNetworkConfig(**config["network"]).to_dict()
-    differ = [k for k in ours if k != "output" and ours[k] != theirs[k]]
+    ours = SegNetworkConfig(**segmenter["network"]).architecture()
+    theirs = SegNetworkConfig(**config["network"]).architecture()
+    differ = [k for k in {**ours, **theirs} if ours.get(k) != theirs.get(k)]
     differ += [k for k in ("modalities", "neighbours") if segmenter[k] != config[k]]
     if differ:
         detail = ", ".join(
             f"{k}: {theirs.get(k, config.get(k))!r} vs {ours.get(k, segmenter.get(k))!r}" for k in differ
         )
         raise MeddiffError(f"the pretrained encoder does not fit this segmenter ({detail})", folder)
-    state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(DualPathSegNet.DECODER_PREFIXES)}
+    learned = pretrained.state_dict()
+    state = {k: learned[k] for k in encoder_keys(pretrained)}
     missing = [k for k in state if k not in model.state_dict()]
     if missing:
         raise MeddiffError(

@@ -162,3 +162,28 @@ def test_pretraining_logs_collapse_measures_resumes_exactly_and_initialises_a_se
         main(["seg", "train", "--data", str(data), "--init", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
         == 2
     )
+
+
+def test_the_monai_unet_encoder_pretrains_and_initialises_a_unet_segmenter(tiny_ssl, tmp_path):
+    """The U-Net's down path and bottom are its encoder: pretraining learns exactly those tensors and ``--init``
+    puts them into a U-Net segmenter, leaving its decoder as built; a dual-path segmenter is refused."""
+    from meddiffusion.segmentation.models import encoder_keys
+
+    data, tiny = tiny_ssl
+    unet = {**tiny, "network.model": "unet", "train.steps": 2, "train.validate_every": 2}
+    weights = run_pretraining(load_ssl_config(None, unet), tmp_path / "u")
+    learned = load_file(weights / WEIGHTS_FILE)
+    seg = {"data.data": str(data), "data.patch_size": 32, "network.channels": [8, 16, 32, 64], "train.threads": 1}
+    config = load_seg_config(None, {**seg, "network.model": "unet"})
+    model = build_from_weights_config(weights_config(config))
+    built = {k: v.clone() for k, v in model.state_dict().items()}
+    encoder = encoder_keys(model)
+    assert 0 < len(encoder) < len(built) and all(k.startswith("model.") for k in encoder)
+    assert load_pretrained_encoder(model, weights, weights_config(config)) == len(encoder)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], learned[k]) for k in encoder)
+    assert all(torch.equal(state[k], built[k]) for k in built if k not in encoder)  # decoder untouched
+    assert not all(torch.equal(built[k], learned[k]) for k in encoder)  # something was loaded
+    dual = load_seg_config(None, seg)
+    with pytest.raises(MeddiffError, match="does not fit this segmenter .*model"):
+        load_pretrained_encoder(build_from_weights_config(weights_config(dual)), weights, weights_config(dual))
