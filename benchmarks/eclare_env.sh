@@ -5,7 +5,7 @@
 set -euo pipefail
 venv="${1:-$HOME/venvs/eclare}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/pip" install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+"$venv/bin/pip" install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu --timeout 20 --retries 1 \
     || "$venv/bin/pip" install -q "torch==2.13.0"
 "$venv/bin/pip" install -q "eclare==1.0.1"
 "$venv/bin/python" -c "import eclare, torch; print('ECLARE', eclare.__file__, 'torch', torch.__version__)"

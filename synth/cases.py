@@ -44,18 +44,16 @@ def synthesize_case(
     """Add a lesion to one case, off its tumour and off ``avoid``; writes one image per painted modality (named
     by ``modality_outputs``, each with its JSON record), the label map and ``<label>.json``."""
     synthesizer = LesionSynthesizer.from_pretrained(weights)
-    images = modality_outputs(out_image, synthesizer.modalities)
+    given = synthesizer.check_modalities(list(case.images))
+    images = modality_outputs(out_image, given)
     records = {m: sidecar(path) for m, path in images.items()}
     label_record = sidecar(out_label)
     for path in [*images.values(), *records.values(), Path(out_label), label_record]:
         check_output(path, force)
-    missing = [m for m in synthesizer.modalities if m not in case.images]
-    if missing:
-        raise MeddiffError(f"the synthesis weights need modality {', '.join(missing)}, which the input lacks")
-    subject = load_subject({m: case.images[m] for m in synthesizer.modalities}, case.label, case_id=case.case_id)
+    subject = load_subject({m: case.images[m] for m in given}, case.label, case_id=case.case_id)
     result = synthesizer.synthesize(subject, request, case.convention, progress=True, avoid=avoid)
-    affine = subject[synthesizer.modalities[0]].affine
-    metadata = _metadata(case, synthesizer, result)
+    affine = subject[given[0]].affine
+    metadata = _metadata(case, result)
     for m, path in images.items():
         save_nifti(result.images[m], affine, path, force=force)
         write_json(
@@ -66,11 +64,12 @@ def synthesize_case(
     return result
 
 
-def _metadata(case: CaseFiles, synthesizer: LesionSynthesizer, result: SynthesisResult) -> dict:
+def _metadata(case: CaseFiles, result: SynthesisResult) -> dict:
+    painted = result.info["modalities_painted"]
     return provenance(
         source_case=case.case_id,
-        source_images={m: str(case.images[m]) for m in synthesizer.modalities},
-        source_sha256={m: file_sha256(case.images[m]) for m in synthesizer.modalities},
+        source_images={m: str(case.images[m]) for m in painted},
+        source_sha256={m: file_sha256(case.images[m]) for m in painted},
         **result.info,
     )
 
@@ -128,13 +127,18 @@ def load_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
 
 def generate_cases(recipe: Recipe, n: int, out: str | Path, prefix: str = "synth") -> list[dict]:
     """Write ``n`` cases into ``out`` (nnU-Net raw: ``dataset.json``, ``imagesTr/``, ``labelsTr/``,
-    ``metadata/CASE.json``); cases already written are skipped, so an interrupted run continues."""
+    ``metadata/CASE.json``); cases already written are skipped, so an interrupted run continues. Every case has
+    every channel (nnU-Net needs them): sources lacking one of the generator's modalities are not used."""
     out = Path(out)
-    sources = [c for c in read_dataset(recipe.source, recipe.layout) if c.case_id not in recipe.exclude_cases]
-    if not sources:
-        raise MeddiffError("no source cases left after exclusions", recipe.source)
     synthesizer = LesionSynthesizer.from_pretrained(recipe.weights)
     modalities = synthesizer.modalities
+    sources = [
+        c
+        for c in read_dataset(recipe.source, recipe.layout)
+        if c.case_id not in recipe.exclude_cases and all(m in c.images for m in modalities)
+    ]
+    if not sources:
+        raise MeddiffError(f"no source cases with {', '.join(modalities)} left after exclusions", recipe.source)
     for sub in ("imagesTr", "labelsTr", "metadata"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     write_json(
@@ -168,7 +172,7 @@ def generate_cases(recipe: Recipe, n: int, out: str | Path, prefix: str = "synth
         for c, m in enumerate(modalities):
             save_nifti(result.images[m], affine, out / "imagesTr" / f"{case_id}_{c:04d}.nii.gz", force=True)
         save_nifti(result.label, affine, out / "labelsTr" / f"{case_id}.nii.gz", force=True, label=True)
-        record = _metadata(source, synthesizer, result)
+        record = _metadata(source, result)
         write_json({"case_id": case_id, **record}, meta_path)
         records.append(record)
     return records

@@ -10,6 +10,10 @@ what the sampler will have when it paints a new lesion plane by plane from the b
 and, as a scalar condition through the network's embedding, log2 of the tumour's volume in mL. In-plane
 scale augmentation (0.8-1.25) rescales the volume condition with the apparent lesion size, so the size input
 covers a continuous range rather than the few real tumour volumes. Item ``i`` is a pure function of (seed, i).
+
+Modality dropout, so that one model paints whatever subset of its modalities a user has (one FLAIR, say): each
+modality of an item is dropped with probability ``modality_dropout`` (one is always kept); a dropped modality,
+like one the case lacks (zero-filled when read), is zero in the conditioning and absent from the loss.
 """
 
 from __future__ import annotations
@@ -79,8 +83,10 @@ class InpaintPairs(Dataset):
         seed: int = 0,
         length: int = 10**9,
         scale_range: tuple[float, float] = (0.8, 1.25),
+        modality_dropout: float = 0.0,
     ) -> None:
         self.patch_size, self.seed, self.length, self.scale_range = patch_size, seed, length, scale_range
+        self.modality_dropout = modality_dropout
         self.items = []
         for subject in subjects:
             if LABEL_KEY not in subject:
@@ -94,14 +100,15 @@ class InpaintPairs(Dataset):
             regions = torch.from_numpy(regions_stack(label)).movedim(PLANE_AXIS + 1, 1)
             volume_ml = float((label > 0).sum() * voxel_volume_ml(subject[LABEL_KEY].spacing))
             size = int(np.ceil(patch_size * scale_range[1]))
-            self.items.append((images, regions, hole, volume_ml, PatchSampler(regions[0] > 0, size)))
+            present = images.flatten(1).abs().amax(1) > 0  # a modality the case lacks was zero-filled
+            self.items.append((images, regions, hole, volume_ml, PatchSampler(regions[0] > 0, size), present))
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
-        images, regions, hole, volume_ml, sampler = self.items[rng.integers(len(self.items))]
+        images, regions, hole, volume_ml, sampler, present = self.items[rng.integers(len(self.items))]
         scale = float(np.exp(rng.uniform(*np.log(self.scale_range))))
         window_size = int(round(self.patch_size * scale))
         plane, (rows, cols) = sampler(rng)
@@ -125,9 +132,19 @@ class InpaintPairs(Dataset):
         # the lesion appears 1/scale times as large (in-plane), so its volume condition scales with it
         conditions = torch.tensor([np.log2(volume_ml / scale**3)], dtype=torch.float32)
         weight = OUTSIDE_WEIGHT + (1 - OUTSIDE_WEIGHT) * masks[-1:]  # the painted region counts most
+        kept = self._kept(present, rng)
+        target = stacked[:m] * kept[:, None, None]
+        cond[: 3 * m] *= kept.repeat(3)[:, None, None]  # below, this plane, above: each modality-major
         return {
-            "target": stacked[:m].contiguous(),
+            "target": target.contiguous(),
             "cond": cond.contiguous(),
             "conditions": conditions,
-            "weight": weight.contiguous(),
+            "weight": (weight * kept[:, None, None]).contiguous(),  # [M, P, P]: absent modalities count 0
         }
+
+    def _kept(self, present: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """1 for the modalities this item keeps, 0 for those the case lacks or dropout removes (one always kept)."""
+        kept = present & torch.from_numpy(rng.random(len(present)) >= self.modality_dropout)
+        if not kept.any():
+            kept[int(rng.choice(np.flatnonzero(present.numpy())))] = True
+        return kept.float()

@@ -64,6 +64,7 @@ class LesionSynthesizer:
     def __init__(self, model: torch.nn.Module, config: dict, folder: Path, device: str = "cpu") -> None:
         self.model, self.config, self.folder, self.device = model, config, folder, device
         self.modalities: list[str] = config["modalities"]
+        self.optional: list[str] = config.get("optional_modalities", [])
         self.templates = load_templates(folder / TEMPLATES_FILE)
         self.scheduler = make_scheduler("ddim", **config["schedule"])
         self.hash = weights_hash(folder)
@@ -84,7 +85,7 @@ class LesionSynthesizer:
         out = tio.Subject(**{k: v for k, v in subject.items() if isinstance(v, tio.ScalarImage)})
         for m, volume in result.images.items():
             out[m] = tio.ScalarImage(tensor=torch.from_numpy(volume)[None], affine=subject[m].affine)
-        affine = subject[self.modalities[0]].affine
+        affine = subject[result.info["modalities_painted"][0]].affine
         for key, volume in (("label", result.label), ("lesion", result.lesion), ("painted", result.painted)):
             out[key] = tio.LabelMap(tensor=torch.from_numpy(volume.astype(np.int16))[None], affine=affine)
         out["info"] = result.info
@@ -98,15 +99,14 @@ class LesionSynthesizer:
         progress: bool = False,
         avoid: np.ndarray | None = None,
     ) -> SynthesisResult:
-        """Add a lesion to ``subject`` (its modalities must include the weights'; a label is kept and merged).
+        """Add a lesion to ``subject`` (the weights' modalities it has, at least the required ones; a label is
+        kept and merged). Modalities the weights can do without are zero-filled, as in training, and not written.
 
         The lesion stays off the subject's own tumour (its label) and off ``avoid`` (e.g. a tumour a segmenter
         found in an unlabelled scan); painted values stay within each image's own range."""
-        missing = [m for m in self.modalities if m not in subject]
-        if missing:
-            raise MeddiffError(f"the synthesis weights need modality {', '.join(missing)}")
-        raw = {m: subject[m].data[0].numpy().astype(np.float32) for m in self.modalities}
-        first = subject[self.modalities[0]]
+        given = self.check_modalities(list(subject.keys()))
+        raw = {m: subject[m].data[0].numpy().astype(np.float32) for m in given}
+        first = subject[given[0]]
         existing = (
             to_brats2021(
                 subject[LABEL_KEY].data[0].numpy().round().astype(np.int64), convention, subject[LABEL_KEY].path
@@ -114,21 +114,26 @@ class LesionSynthesizer:
             if LABEL_KEY in subject
             else np.zeros(first.spatial_shape, dtype=np.uint8)
         )
-        brain = brain_mask(raw[self.modalities[0]])
+        brain = brain_mask(raw[given[0]])
         rng = np.random.default_rng(request.seed)
         blocked = existing > 0 if avoid is None else (existing > 0) | np.asarray(avoid, dtype=bool)
         # white matter from the most telling contrast the subject has (T1 shows it best)
-        tissue = next(m for m in (*WHITE_MATTER_CLASS, *self.modalities) if m in subject)
+        tissue = next(m for m in (*WHITE_MATTER_CLASS, *given) if m in subject)
         prefer = white_matter(subject[tissue].data[0].numpy(), brain, tissue)
         lesion = lesion_mask(
             brain, first.spacing, request.volume_ml, self.templates, rng, request.foci, request.center, blocked, prefer
         )
         painted = paint_region(lesion, brain, self.config["margin"])
         ranges = {m: brain_range(v) for m, v in raw.items()}
-        norm = np.stack([np.where(brain, normalise(raw[m], ranges[m]), 0.0) for m in self.modalities])
+        zero = np.zeros(brain.shape, np.float32)
+        norm = np.stack(
+            [np.where(brain, normalise(raw[m], ranges[m]), 0.0) if m in raw else zero for m in self.modalities]
+        )
         filled = self._paint(norm, regions_stack(lesion), painted, request, progress)
         images, clipped = {}, 0
         for i, m in enumerate(self.modalities):
+            if m not in raw:
+                continue
             out = raw[m].copy()
             values = denormalise(filled[i], ranges[m])[painted]
             low, high = float(raw[m].min()), float(raw[m].max())  # no MRI magnitude outside the host's own range
@@ -144,10 +149,22 @@ class LesionSynthesizer:
             "painted_voxels": int(painted.sum()),
             "placement": f"white matter preferred (from {tissue})",
             "clipped_to_host_range": clipped,
+            "modalities_painted": given,
             "weights": str(self.folder),
             "weights_sha256": self.hash,
         }
         return SynthesisResult(images, label, lesion, painted, info)
+
+    def check_modalities(self, available: list[str]) -> list[str]:
+        """The weights' modalities among ``available``; a required one missing (or none at all) is an error."""
+        given = [m for m in self.modalities if m in available]
+        missing = [m for m in self.modalities if m not in available and m not in self.optional]
+        if missing or not given:
+            raise MeddiffError(
+                f"the synthesis weights need modality {', '.join(missing or self.modalities)}"
+                + (f" (they paint {', '.join(self.modalities)} or any subset of them)" if not missing else "")
+            )
+        return given
 
     @torch.no_grad()
     def _paint(self, norm: np.ndarray, regions: np.ndarray, painted: np.ndarray, request, progress) -> np.ndarray:

@@ -31,8 +31,18 @@ class SynthDataConfig:
     data: str = ""
     layout: str | None = None
     modalities: list[str] = field(default_factory=lambda: ["flair", "t1ce"])
+    #: modalities a case may lack (zero-filled when read); with ``modality_dropout`` > 0 the model paints any
+    #: subset of its modalities, e.g. a single FLAIR
+    optional_modalities: list[str] = field(default_factory=list)
+    modality_dropout: float = 0.0
     exclude_cases: list[str] = field(default_factory=list)
     patch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if unknown := [m for m in self.optional_modalities if m not in self.modalities]:
+            raise ValueError(f"data.optional_modalities {unknown} are not among data.modalities")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError("data.modality_dropout must be in [0, 1)")
 
 
 @dataclass
@@ -70,6 +80,10 @@ def weights_config(config: SynthTrainConfig) -> dict:
         "network": config.network.to_dict(),
         "task": "synth",
         "modalities": config.data.modalities,
+        # painted without them: every modality when trained with dropout, else those cases may lack
+        "optional_modalities": config.data.modalities
+        if config.data.modality_dropout
+        else config.data.optional_modalities,
         "margin": MARGIN,
         "schedule": dataclasses.asdict(config.schedule),
         "seed": config.seed,
@@ -88,15 +102,19 @@ def run_training(config: SynthTrainConfig, out: Path, resume: bool = False, stop
     ]
     if not cases:
         raise MeddiffError("no labelled training cases", config.data.data)
-    subjects = [load_case(c, config.data.modalities, None) for c in cases]
-    dataset = InpaintPairs(subjects, config.data.patch_size, seed=config.seed)
+    subjects = [load_case(c, config.data.modalities, None, config.data.optional_modalities) for c in cases]
+    dataset = InpaintPairs(
+        subjects, config.data.patch_size, seed=config.seed, modality_dropout=config.data.modality_dropout
+    )
     described = weights_config(config)
     model = build_diffusion_network(described)
     scheduler = make_scheduler("ddpm", **dataclasses.asdict(config.schedule))
     # the images the generator learns from, by hash: a study proves that no test case reached it
     data_list = {
         "cases": [c.case_id for c in cases],
-        "image_sha256": {c.case_id: {m: file_sha256(c.images[m]) for m in config.data.modalities} for c in cases},
+        "image_sha256": {
+            c.case_id: {m: file_sha256(c.images[m]) for m in config.data.modalities if m in c.images} for c in cases
+        },
     }
     main = write_run_files(out, config, data_list)
     model = train(

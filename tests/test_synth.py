@@ -296,3 +296,62 @@ def test_lesion_inputs_as_users_have_them(real_crop, tmp_path, capsys):
     argv += ["--exclude-label", str(real_crop["label"])]
     assert main(argv) == 2
     assert "need modality t1ce" in capsys.readouterr().err and not (tmp_path / "l.nii.gz").exists()
+
+
+def test_modality_dropout_zeroes_a_modality_everywhere_and_never_keeps_an_absent_one(real_crop):
+    """A dropped modality is zero in the target, in all three conditioning planes and in the loss weight; a
+    modality the case lacks (zero-filled when read) is never kept; at least one modality always is."""
+    from meddiffusion.synth.data import InpaintPairs
+
+    csv_case = read_dataset(_two_modality_csv(real_crop, real_crop["flair"].parent))[0]
+    subject = load_case(csv_case, ["flair", "t1", "t1ce"], None, optional=["t1"])  # t1 absent: zero-filled
+    pairs = InpaintPairs([subject], patch_size=32, seed=0, modality_dropout=0.5)
+    kept_counts = np.zeros(3)
+    for i in range(40):
+        item = pairs[i]
+        kept = item["weight"].flatten(1).amax(1) > 0
+        assert kept.any() and not kept[1]  # t1 (index 1) is absent from the case
+        for k in range(3):
+            planes = item["cond"][[k, 3 + k, 6 + k]]
+            assert bool(kept[k]) == bool(item["target"][k].abs().max() > 0) == bool(planes.abs().max() > 0)
+        kept_counts += kept.numpy()
+    assert kept_counts[0] > 0 and kept_counts[2] > 0 and kept_counts[0] < 40  # both present ones drop sometimes
+
+
+def _two_modality_csv(real_crop, folder):
+    csv = folder / "flair_t1ce.csv"
+    csv.write_text(
+        "case_id,flair,t1ce,label,convention\n"
+        f"hg0015,{real_crop['flair']},{real_crop['t1ce']},{real_crop['label']},brats2012\n"
+    )
+    return csv
+
+
+def test_weights_trained_with_modality_dropout_paint_a_single_image_into_exactly_the_named_file(real_crop, tmp_path):
+    csv = _two_modality_csv(real_crop, tmp_path)
+    overrides = {
+        "data.data": str(csv),
+        "data.patch_size": 32,
+        "data.modality_dropout": 0.5,
+        "network.block_out_channels": [8, 16, 16, 16],
+        "train.steps": 2,
+        "train.batch_size": 2,
+        "train.warmup_steps": 1,
+        "train.threads": 1,
+    }
+    weights = run_training(load_synth_config(None, overrides), tmp_path / "run")
+    assert json.loads((weights / "config.json").read_text())["optional_modalities"] == ["flair", "t1ce"]
+    image = tmp_path / "scan.nii.gz"
+    image.write_bytes(real_crop["flair"].read_bytes())
+    out = tmp_path / "o.nii.gz"
+    argv = ["synth", "lesion", str(image), "--modality", "flair", "--volume-ml", "0.3", "--steps", "2"]
+    argv += ["--out-image", str(out), "--out-label", str(tmp_path / "l.nii.gz"), "--weights", str(weights)]
+    argv += ["--exclude-label", str(real_crop["label"])]
+    assert main(argv) == 0
+    assert out.exists() and not list(tmp_path.glob("o_*.nii.gz"))
+    record = json.loads((tmp_path / "o.json").read_text())
+    assert record["modalities_painted"] == ["flair"]
+    painted, original = np.asarray(nib.load(out).dataobj), np.asarray(nib.load(image).dataobj)
+    assert (painted != original).any() and original.min() <= painted.min() and painted.max() <= original.max()
+    with pytest.raises(MeddiffError, match="need modality"):
+        LesionSynthesizer.from_pretrained(weights).check_modalities(["t2"])
