@@ -14,15 +14,13 @@ from tqdm.auto import tqdm
 
 from meddiffusion.data.labels import to_brats2021
 from meddiffusion.data.layouts import CaseFiles
-from meddiffusion.eval.segmentation import evaluate_segmentation
+from meddiffusion.eval.segmentation import LESION_BINS_ML, evaluate_segmentation
 from meddiffusion.io import LABEL_KEY, load_subject, modality_names, save_nifti
 
 METRICS = [f"{r}_{m}" for r in ("WT", "TC", "ET") for m in ("dice", "hd95", "sensitivity", "specificity")]
 LESION_METRICS = [
     "lesion_sensitivity",
-    "lesion_sensitivity_<1mL",
-    "lesion_sensitivity_1-10mL",
-    "n_lesions_<1mL",
+    *(f"{k}_{b}" for _, _, b in LESION_BINS_ML for k in ("lesion_sensitivity", "n_lesions")),
     "false_positives",
 ]
 

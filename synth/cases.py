@@ -17,6 +17,7 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.io import check_output, load_subject, save_nifti, write_json
 from meddiffusion.paths import sidecar, strip_suffix
 from meddiffusion.provenance import file_sha256, provenance
+from meddiffusion.synth.masks import PlacementError
 from meddiffusion.synth.pipeline import LesionRequest, LesionSynthesizer, SynthesisResult
 
 LABELS = {"background": 0, "necrotic_core": 1, "oedema": 2, "enhancing": 4}
@@ -158,16 +159,7 @@ def generate_cases(recipe: Recipe, n: int, out: str | Path, prefix: str = "synth
         meta_path = out / "metadata" / f"{case_id}.json"
         if meta_path.exists():  # written last: its presence means the case is complete
             continue
-        rng = np.random.default_rng([recipe.seed, i])
-        source = sources[int(rng.integers(len(sources)))]
-        request = LesionRequest(
-            volume_ml=recipe.volume_ml.draw(rng),
-            foci=int(recipe.foci.draw(rng)),
-            seed=int(rng.integers(2**31)),
-            steps=recipe.steps,
-        )
-        subject = load_subject({m: source.images[m] for m in modalities}, source.label, case_id=source.case_id)
-        result = synthesizer.synthesize(subject, request, source.convention)
+        source, subject, result = _draw_case(recipe, sources, synthesizer, i)
         affine = subject[modalities[0]].affine
         for c, m in enumerate(modalities):
             save_nifti(result.images[m], affine, out / "imagesTr" / f"{case_id}_{c:04d}.nii.gz", force=True)
@@ -176,3 +168,30 @@ def generate_cases(recipe: Recipe, n: int, out: str | Path, prefix: str = "synth
         write_json({"case_id": case_id, **record}, meta_path)
         records.append(record)
     return records
+
+
+PLACEMENT_TRIES = 5
+
+
+def _draw_case(recipe: Recipe, sources: list[CaseFiles], synthesizer: LesionSynthesizer, i: int):
+    """Case ``i``: a source, a request and the painted result, a pure function of (recipe seed, i). A request that
+    cannot be placed in its source (a size the brain there cannot hold within tolerance) is drawn again."""
+    attempt = 0
+    while True:
+        rng = np.random.default_rng([recipe.seed, i] + ([attempt] if attempt else []))
+        source = sources[int(rng.integers(len(sources)))]
+        request = LesionRequest(
+            volume_ml=recipe.volume_ml.draw(rng),
+            foci=int(recipe.foci.draw(rng)),
+            seed=int(rng.integers(2**31)),
+            steps=recipe.steps,
+        )
+        subject = load_subject(
+            {m: source.images[m] for m in synthesizer.modalities}, source.label, case_id=source.case_id
+        )
+        try:
+            return source, subject, synthesizer.synthesize(subject, request, source.convention)
+        except PlacementError:
+            attempt += 1
+            if attempt == PLACEMENT_TRIES:
+                raise

@@ -38,6 +38,10 @@ TEMPLATES_FILE = "templates.npz"
 _SEVERITY = np.array([0, 2, 1, 0, 3])  # label -> rank: background < oedema (2) < core (1) < enhancing (4)
 
 
+class PlacementError(MeddiffError):
+    """The requested lesion does not fit where it was asked for (within the size tolerance)."""
+
+
 @dataclass
 class Template:
     """A real tumour's regions as a soft stack ``[3, X, Y, Z]`` (WT, TC, ET in [0, 1]) on a ``spacing`` grid."""
@@ -223,7 +227,7 @@ def lesion_mask(
             break
         lo, hi = (m, hi) if n < target else (lo, m)
     if best_err > TOLERANCE:
-        raise MeddiffError(
+        raise PlacementError(
             f"could not place a {volume_ml:g} mL lesion within {TOLERANCE:.0%} here (got {best_err:.1%} off); "
             "try another center or fewer foci"
         )

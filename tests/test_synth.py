@@ -251,9 +251,7 @@ def test_quick_study_runs_end_to_end_on_a_tiny_real_subset(real_crop, tmp_path):
     data.write_text("\n".join(rows) + "\n")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("source: cases.csv\nvolume_ml: {values: [0.2]}\nfoci: {values: [1]}\n")
-    preset = StudyPreset(
-        test_fraction=0.34, generator_steps=2, synthetic_cases=1, sampler_steps=1, seg_steps=2, seeds=1
-    )
+    preset = StudyPreset(folds=3, generator_steps=2, synthetic_cases=1, sampler_steps=1, seg_steps=2, seeds=1)
     tiny = {
         "synth.data.patch_size": 32,
         "synth.network.block_out_channels": [8, 16, 16, 16],
@@ -265,14 +263,19 @@ def test_quick_study_runs_end_to_end_on_a_tiny_real_subset(real_crop, tmp_path):
         "seg.train.batch_size": 2,
     }
     report = run_study(data, recipe, tmp_path / "study", preset, overrides=tiny)
-    split = json.loads((tmp_path / "study" / "split.json").read_text())
-    assert len(split["test"]) == 1 and not set(split["test"]) & set(split["train"])
-    generator = json.loads((tmp_path / "study" / "generator" / "weights" / "config.json").read_text())
-    assert split["test"][0] not in generator["training"]["data"]["cases"]
-    assert json.loads((tmp_path / "study" / "leak_check.json").read_text())["test_images_reached_generator"] is False
+    folds = json.loads((tmp_path / "study" / "split.json").read_text())["folds"]
+    assert sorted(c for f in folds for c in f["test"]) == ["case0", "case1", "case2"]  # every case tested once
+    for k, fold in enumerate(folds):
+        assert not set(fold["test"]) & set(fold["train"])
+        generator = json.loads((tmp_path / "study" / f"fold{k}" / "generator" / "weights" / "config.json").read_text())
+        assert not set(fold["test"]) & set(generator["training"]["data"]["cases"])
+        leak = json.loads((tmp_path / "study" / f"fold{k}" / "leak_check.json").read_text())
+        assert leak["test_images_reached_generator"] is False
     text = report.read_text()
-    assert "Paired comparison" in text and "real+synthetic" in text
+    assert "real+synthetic@0.3 − real" in text and "Lesion-wise detection by size" in text
     assert (tmp_path / "study" / "study_boxplot.png").exists()
+    rows = (tmp_path / "study" / "per_case.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 2  # 3 patients x 2 arms x 1 seed
 
 
 def test_lesion_inputs_as_users_have_them(real_crop, tmp_path, capsys):

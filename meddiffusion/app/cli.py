@@ -300,8 +300,8 @@ def _study(args: argparse.Namespace) -> int:
     from meddiffusion.app.study import PRESETS, run_study
 
     preset = PRESETS["quick" if args.quick else "full"]
-    if args.seeds is not None:
-        preset = dataclasses.replace(preset, seeds=args.seeds)
+    chosen = {k: getattr(args, k) for k in ("seeds", "folds", "ratios") if getattr(args, k) is not None}
+    preset = dataclasses.replace(preset, **chosen)
     report = run_study(args.data, args.recipe, args.out, preset, seg_config=args.seg_config, force=args.force)
     print(report.read_text())
     print(f"wrote {report}")
@@ -424,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--recipe", required=True, help="synthesis recipe (YAML); its source is replaced by --data")
     study.add_argument("--out", required=True, help="study folder (resumes)")
     study.add_argument("--seeds", type=int, help="segmenter seeds per arm (default: 2 quick, 3 full)")
-    study.add_argument("--quick", action="store_true", help="the 2-CPU preset (about 25 minutes)")
+    study.add_argument("--folds", type=int, help="folds by patient, every case tested once (default: 2 quick, 5 full)")
+    study.add_argument("--ratios", type=float, nargs="+", help="synthetic fractions, one arm each (full: 0.25 0.5)")
+    study.add_argument("--quick", action="store_true", help="a smoke run: two folds, short training")
     study.add_argument("--seg-config", help="segmenter YAML config (e.g. configs/seg_dualpath.yaml)")
     study.add_argument("--force", action="store_true", help="redo the report of a finished study")
     study.set_defaults(handler=_study)
