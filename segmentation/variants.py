@@ -16,5 +16,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_boundary": {"loss.beta": 0.0},
     "with_topology": {"loss.gamma": 0.01},
     "unet": {"network.model": "unet"},
+    "swinunetr": {"network.model": "swinunetr"},
     "floor": {},
 }
