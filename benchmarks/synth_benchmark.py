@@ -5,12 +5,14 @@
 
 * size fidelity: the mask generator on real brains, requested 0.1-100 mL, 1 and 3 foci, two seeds:
   mean absolute error in % of the request;
-* painted lesions vs real ones: for each host case, lesions of 2, 10 and 40 mL are painted by the model and,
-  as the naive baseline, copy-pasted (a real tumour of another case, its voxels and shape, rescaled to the
-  requested volume). Their whole-tumour intensities (brain-normalised, per modality) are compared with the
-  real tumours of the *other* cases (neither host nor donor): 1-D Wasserstein distance and KS statistic. The
-  seam: mean gradient magnitude on the lesion's outer boundary, relative to that on real tumour boundaries (1 =
-  as real; copy-paste leaves edges). Changed voxels outside the painted (dilated) region are counted (must be 0);
+* painted lesions vs real tumours the generator never saw (the cases its weights did not train on): into each
+  such host, lesions of 10 and 40 mL (whole-tumour sizes real gliomas have) are painted by the model and, as the
+  naive baseline, copy-pasted (a real tumour of another case, its voxels and shape, rescaled to the lesion's
+  box). Per modality (brain-normalised): intensity distance to the real tumours of the other unseen cases
+  (1-D Wasserstein, KS); the seam ratio (boundary edge strength over that of the unseen real tumours, 1 = as
+  real; ``eval.synthesis``); and a real-vs-synthetic classifier (first-order and texture features of lesion and
+  rim, all modalities, logistic regression cross-validated by patient: ROC AUC, 0.5 = indistinguishable).
+  Changed voxels outside the painted (dilated) region are counted (must be 0);
 * seconds per case on this machine's CPU;
 * a PNG grid: synthetic lesions by size in the three planes next to a real tumour.
 
@@ -32,7 +34,7 @@ from scipy import ndimage
 from meddiffusion.data.labels import to_brats2021
 from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.prepare import brain_normalise, brain_range
-from meddiffusion.eval.synthesis import intensity_distance
+from meddiffusion.eval.synthesis import edge_strength, intensity_distance, lesion_features, realism_auc
 from meddiffusion.io import load_subject, voxel_volume_ml
 from meddiffusion.plotting import save_figure, subplots
 from meddiffusion.synth.masks import lesion_mask
@@ -43,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "configs" / "seg_cases.csv"
 MODALITIES = ("flair", "t1ce")
 SIZES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-PAINT_SIZES = (2.0, 10.0, 40.0)
+PAINT_SIZES = (10.0, 40.0)
+METHODS = ("model", "copy_paste")
 
 
 def load_cases():
@@ -81,13 +84,6 @@ def size_fidelity(cases, synthesizer) -> list[dict]:
     return rows
 
 
-def _seam(image: np.ndarray, lesion: np.ndarray) -> float:
-    """Mean gradient magnitude on the one-voxel shell just outside the lesion."""
-    shell = ndimage.binary_dilation(lesion, iterations=1) & ~lesion
-    grad = np.sqrt(sum(g**2 for g in np.gradient(image)))
-    return float(grad[shell].mean())
-
-
 def copy_paste(host: np.ndarray, donor_img: np.ndarray, donor_wt: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Naive baseline: the donor's tumour (voxels and shape), rescaled to the target lesion's bounding box and
     pasted where the target lesion is."""
@@ -104,23 +100,31 @@ def copy_paste(host: np.ndarray, donor_img: np.ndarray, donor_wt: np.ndarray, ta
     return out
 
 
-def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict]:
-    normalised = {
-        cid: {m: brain_normalise(s[m].data[0].numpy()) for m in MODALITIES} for cid, (_, s, _) in cases.items()
-    }
-    real_seam = {m: np.mean([_seam(normalised[c][m], cases[c][2] > 0) for c in cases]) for m in MODALITIES}
+def unseen_cases(cases, synthesizer) -> list[str]:
+    """The cases the generator's weights did not train on (its config records them)."""
+    seen = set(synthesizer.config.get("training", {}).get("data", {}).get("cases", []))
+    return [c for c in sorted(cases) if c not in seen]
+
+
+def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict, dict]:
+    """Paint into every unseen host; per-lesion rows, the realism summary per method, and example volumes."""
+    hosts = unseen_cases(cases, synthesizer)
+    if len(hosts) < 3:
+        raise SystemExit(f"realism needs >= 3 cases the generator never saw; it saw all but {hosts}")
+    normalised = {c: {m: brain_normalise(cases[c][1][m].data[0].numpy()) for m in MODALITIES} for c in hosts}
+    tumours = {c: cases[c][2] > 0 for c in hosts}
     rows, examples = [], {}
-    ids = sorted(cases)
-    for h, host in enumerate(ids):
+    lesions: dict[str, list[tuple[str, dict[str, np.ndarray], np.ndarray]]] = {m: [] for m in METHODS}
+    for h, host in enumerate(hosts):
         case, subject, label = cases[host]
-        donor = ids[(h + 1) % len(ids)]
-        pool = [c for c in ids if c not in (host, donor)]
+        donor = hosts[(h + 1) % len(hosts)]
+        pool = [c for c in hosts if c not in (host, donor)]
+        brain = brain_mask(subject["flair"].data[0].numpy())
         for size in PAINT_SIZES:
             started = time.time()
             result = synthesizer.synthesize(subject, LesionRequest(size, seed=h, steps=steps), case.convention)
             seconds = time.time() - started
             lesion = result.lesion > 0
-            brain = brain_mask(subject["flair"].data[0].numpy())
             row = {
                 "host": host,
                 "donor": donor,
@@ -129,22 +133,42 @@ def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict]:
                 "seconds": seconds,
                 "painted_voxels": int(result.painted.sum()),
             }
-            painted = {}
+            volumes = {"model": {}, "copy_paste": {}}
             for m in MODALITIES:
                 raw = subject[m].data[0].numpy()
                 row[f"{m}_changed_outside"] = int((result.images[m][~result.painted] != raw[~result.painted]).sum())
-                synth_n = painted[m] = normalise_like(raw, result.images[m], brain)
-                pasted = copy_paste(normalised[host][m], normalised[donor][m], cases[donor][2] > 0, lesion)
-                real = np.concatenate([normalised[c][m][cases[c][2] > 0] for c in pool])
-                for name, volume in (("model", synth_n), ("copy_paste", pasted)):
-                    d = intensity_distance(volume[lesion], real)
-                    row[f"{m}_{name}_wasserstein"] = d["wasserstein"]
-                    row[f"{m}_{name}_ks"] = d["ks"]
-                    row[f"{m}_{name}_seam_ratio"] = _seam(volume, lesion) / real_seam[m]
+                volumes["model"][m] = normalise_like(raw, result.images[m], brain)
+                volumes["copy_paste"][m] = copy_paste(normalised[host][m], normalised[donor][m], tumours[donor], lesion)
+                real = np.concatenate([normalised[c][m][tumours[c]] for c in pool])
+                for name in METHODS:
+                    d = intensity_distance(volumes[name][m][lesion], real)
+                    row[f"{m}_{name}_wasserstein"], row[f"{m}_{name}_ks"] = d["wasserstein"], d["ks"]
+                    row[f"{m}_{name}_edge"] = edge_strength(volumes[name][m], lesion)
+            for name in METHODS:
+                lesions[name].append((host, volumes[name], lesion))
             rows.append(row)
-            if host == "brats2015_pat0006":
-                examples[size] = (painted["flair"], lesion)
-    return rows, examples
+            if h == 0:
+                examples[size] = (volumes["model"]["flair"], lesion)
+    real_features = np.stack([_features(normalised[c], tumours[c]) for c in hosts])
+    real_edges = {m: np.mean([edge_strength(normalised[c][m], tumours[c]) for c in hosts]) for m in MODALITIES}
+    summary = {"hosts": hosts, "real_edge_strength": real_edges}
+    for name in METHODS:
+        synthetic = np.stack([_features(v, mask) for _, v, mask in lesions[name]])
+        groups = [host for host, _, _ in lesions[name]]
+        summary[name] = {
+            "auc": realism_auc(real_features, synthetic, hosts, groups),
+            **{
+                f"{m}_seam_ratio": float(np.mean([r[f"{m}_{name}_edge"] for r in rows]) / real_edges[m])
+                for m in MODALITIES
+            },
+        }
+    examples["real"] = (normalised[hosts[0]]["flair"], tumours[hosts[0]])
+    return rows, summary, examples
+
+
+def _features(volumes: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """A lesion's realism features, every modality side by side."""
+    return np.concatenate([lesion_features(volumes[m], mask) for m in MODALITIES])
 
 
 def normalise_like(raw: np.ndarray, volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
@@ -153,9 +177,10 @@ def normalise_like(raw: np.ndarray, volume: np.ndarray, brain: np.ndarray) -> np
     return np.where(brain, normalise(volume, brain_range(raw, brain)), 0.0)
 
 
-def grid(examples: dict, real: tuple[np.ndarray, np.ndarray], path: Path) -> None:
-    """Rows: real tumour, then each synthetic size; columns: axial, coronal, sagittal through the lesion."""
-    items = [("real tumour (pat0006)", *real)] + [(f"synthetic {s:g} mL", *examples[s]) for s in sorted(examples)]
+def grid(examples: dict, host: str, path: Path) -> None:
+    """Rows: the host's real tumour, then each painted size; columns: axial, coronal, sagittal through it."""
+    sizes = sorted(k for k in examples if k != "real")
+    items = [(f"real tumour ({host})", *examples["real"])] + [(f"painted {s:g} mL", *examples[s]) for s in sizes]
     fig, axes = subplots(len(items), 3, (9, 3 * len(items)))
     for r, (title, volume, lesion) in enumerate(items):
         c = np.argwhere(lesion).mean(0).astype(int)
@@ -171,7 +196,7 @@ def grid(examples: dict, real: tuple[np.ndarray, np.ndarray], path: Path) -> Non
     save_figure(fig, path)
 
 
-def table(size_rows, paint_rows) -> str:
+def table(size_rows, paint_rows, summary) -> str:
     lines = []
     if size_rows:
         lines += ["| requested mL | foci | mean abs error % | max abs error % |", "|---|---|---|---|"]
@@ -191,20 +216,23 @@ def table(size_rows, paint_rows) -> str:
     )
     if paint_rows:
         lines += [
-            "| modality | method | Wasserstein to real tumours | KS statistic | seam ratio (1 = as real) |",
+            "| modality | method | Wasserstein to unseen real tumours | KS statistic | seam ratio (1 = as real) |",
             "|---|---|---|---|---|",
         ]
         for m in MODALITIES:
-            for name in ("model", "copy_paste"):
+            for name in METHODS:
                 w = np.mean([r[f"{m}_{name}_wasserstein"] for r in paint_rows])
                 ks = np.mean([r[f"{m}_{name}_ks"] for r in paint_rows])
-                seam = np.mean([r[f"{m}_{name}_seam_ratio"] for r in paint_rows])
-                lines.append(f"| {m} | {name} | {w:.3f} | {ks:.3f} | {seam:.2f} |")
+                lines.append(f"| {m} | {name} | {w:.3f} | {ks:.3f} | {summary[name][f'{m}_seam_ratio']:.2f} |")
         changed = sum(r[f"{m}_changed_outside"] for r in paint_rows for m in MODALITIES)
         seconds = [r["seconds"] for r in paint_rows]
         lines += [
-            f"\n{len(paint_rows)} painted cases: voxels changed outside the painted region: {changed}; "
-            f"seconds per case {np.mean(seconds):.1f} (min {np.min(seconds):.1f}, max {np.max(seconds):.1f}).\n"
+            "",
+            f"Real-vs-synthetic classifier AUC (0.5 = indistinguishable), {len(summary['hosts'])} unseen patients: "
+            + ", ".join(f"{name} {summary[name]['auc']:.2f}" for name in METHODS)
+            + ".",
+            f"{len(paint_rows)} painted lesions: voxels changed outside the painted region: {changed}; "
+            f"seconds per lesion {np.mean(seconds):.1f} (min {np.min(seconds):.1f}, max {np.max(seconds):.1f}).\n",
         ]
     return "\n".join(lines)
 
@@ -222,20 +250,20 @@ def main() -> None:
     synthesizer = LesionSynthesizer.from_pretrained(args.weights)
     cases = load_cases()
     size_rows = size_fidelity(cases, synthesizer) if args.only != "paint" else []
-    paint_rows, examples = paint(cases, synthesizer, args.steps) if args.only != "size" else ([], {})
+    paint_rows, summary, examples = paint(cases, synthesizer, args.steps) if args.only != "size" else ([], {}, {})
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "weights_sha256": synthesizer.hash,
         "steps": args.steps,
         "size_fidelity": size_rows,
         "painting": paint_rows,
+        "realism": summary,
     }
     (out / "synth_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "synth_table.md").write_text(table(size_rows, paint_rows))
+    (out / "synth_table.md").write_text(table(size_rows, paint_rows, summary))
     if examples:
-        _, subject, label = cases["brats2015_pat0006"]
-        grid(examples, (brain_normalise(subject["flair"].data[0].numpy()), label > 0), out / "synth_grid.png")
-    print(table(size_rows, paint_rows))
+        grid(examples, summary["hosts"][0], out / "synth_grid.png")
+    print(table(size_rows, paint_rows, summary))
 
 
 if __name__ == "__main__":
