@@ -2,7 +2,7 @@
 from scratch, with 1, 2, 4, 8 and all training cases of each cross-validation fold, at the same budget.
 
     python benchmarks/ssl_label_efficiency.py --pretrained RUN/weights --out ~/meddiff-runs/ssl-curve \\
-        [--steps 1000] [--labels 1 2 4 8 all] [--folds 5] [--run-folds 0 1]
+        [--steps 1000] [--labels 1 2 4 8 all] [--folds 5] [--run-folds 0 1] [--finished-only]
 
 Folds are ``meddiff seg ablate``'s (by patient, seed 0, the 20 cases of ``configs/seg_cases.csv``). Within a fold
 the labelled subsets are nested (the first n of one seeded shuffle of its training cases), so a larger subset
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--run-folds", type=int, nargs="+", help="only these folds (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--finished-only", action="store_true", help="summarise the finished cells; train nothing")
     args = parser.parse_args()
 
     from meddiffusion.data.layouts import read_dataset
@@ -127,6 +128,8 @@ def main() -> None:
         for size, ids in subsets(train_ids, args.labels, args.seed + fold).items():
             for arm in ARMS:
                 run = args.out / f"fold{fold}" / f"{size}_{arm}"
+                if args.finished_only and not (run / "metrics.json").exists():
+                    continue
                 for r in run_cell(config, args.pretrained, arm, ids, test_ids, cases, run):
                     rows.append({"fold": fold, "labels": size, "arm": arm, "n_train": len(ids), **r})
     write_csv(rows, args.out / "per_case.csv")
