@@ -11,6 +11,8 @@ from pathlib import Path
 
 from meddiffusion.errors import MeddiffError
 
+WEIGHTS_FILE = "model.safetensors"
+PRETRAINED = Path(__file__).resolve().parent / "pretrained"  # the shipped weights folders
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 READ_SUFFIXES = (*NIFTI_SUFFIXES, ".mha", ".mhd")
 
@@ -65,4 +67,13 @@ def check_output(path: str | Path, force: bool) -> Path:
         raise MeddiffError("exists already (use --force to overwrite)", path)
     if not path.parent.exists():
         raise MeddiffError("output folder does not exist", path.parent)
+    return path
+
+
+def weights_folder(name_or_folder: str | Path) -> Path:
+    """A folder that exists, else the shipped weights of that name (``ssl-dualpath``), else the path as given
+    (whose loading then says what is missing)."""
+    path = Path(name_or_folder)
+    if not path.exists() and len(path.parts) == 1 and (PRETRAINED / path.name / WEIGHTS_FILE).is_file():
+        return PRETRAINED / path.name
     return path

@@ -18,12 +18,11 @@ from safetensors.torch import load_file, save_file
 
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import atomic_write, write_json
+from meddiffusion.paths import PRETRAINED, WEIGHTS_FILE
 from meddiffusion.provenance import file_sha256, provenance
 from meddiffusion.serialise import json_text
 
-WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 
 
 def save_weights(folder: str | Path, model: torch.nn.Module, config: dict[str, Any]) -> Path:

@@ -4,6 +4,7 @@ short real pretraining run that resumes exactly and initialises a segmenter."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,9 @@ from meddiffusion.segmentation.models import build_from_weights_config
 from meddiffusion.segmentation.pretrain import load_pretrained_encoder, load_ssl_config, run_pretraining
 from meddiffusion.segmentation.train import load_seg_config, run_training, weights_config
 from meddiffusion.segmentation.views import plane_patch
-from meddiffusion.weights import WEIGHTS_FILE
+from meddiffusion.weights import WEIGHTS_FILE, weights_hash
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dino_loss_equals_a_hand_computation_and_is_least_when_student_and_teacher_agree():
@@ -187,3 +190,23 @@ def test_the_monai_unet_encoder_pretrains_and_initialises_a_unet_segmenter(tiny_
     dual = load_seg_config(None, seg)
     with pytest.raises(MeddiffError, match="does not fit this segmenter .*model"):
         load_pretrained_encoder(build_from_weights_config(weights_config(dual)), weights, weights_config(dual))
+
+
+def test_the_shipped_encoder_fits_the_shipped_segmenter_recipe_and_is_named_by_init(tmp_path):
+    """``ssl-dualpath`` (shipped, with provenance) loads into the recipe's segmenter; ``--init ssl-dualpath`` names
+    it; its config records training data relative to the folder."""
+    from meddiffusion.paths import weights_folder
+    from meddiffusion.weights import pretrained
+
+    folder = pretrained("ssl-dualpath")
+    assert weights_folder("ssl-dualpath") == folder and weights_folder(tmp_path) == tmp_path
+    config = load_seg_config(ROOT / "configs" / "seg_dualpath.yaml")
+    model = build_from_weights_config(weights_config(config))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert load_pretrained_encoder(model, folder, weights_config(config)) > 50
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and not [k for k in changed if k.startswith(("up.", "decoder.", "head."))]
+    record = json.loads((folder / "config.json").read_text())["training"]["config"]["data"]
+    assert record["probe"] == "../../../configs/seg_cases.csv"
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["code"]["commit"] and provenance["weights_sha256"] == weights_hash(folder)

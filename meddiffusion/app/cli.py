@@ -13,7 +13,7 @@ from pathlib import Path
 
 from meddiffusion import __version__
 from meddiffusion.errors import MeddiffError
-from meddiffusion.paths import check_input_file, check_output
+from meddiffusion.paths import check_input_file, check_output, weights_folder
 from meddiffusion.provenance import code_state
 from meddiffusion.serialise import json_text
 from meddiffusion.sr import METHODS as SR_METHODS
@@ -95,7 +95,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     overrides: dict[str, object] = {}
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag, None)
-        if value is not None and flag in PATH_FLAGS:
+        if value is not None and flag == "init":  # a weights folder, or the name of shipped weights
+            value = str(weights_folder(value).resolve())
+        elif value is not None and flag in PATH_FLAGS:
             value = [str(Path(v).resolve()) for v in value] if isinstance(value, list) else str(Path(value).resolve())
         if value is not None:
             overrides[key] = value
@@ -452,7 +454,9 @@ def _add_seg(commands) -> None:
     train.add_argument("--synthetic", nargs="+", help="synthetic data-set folder(s) mixed into training")
     train.add_argument("--synthetic-ratio", type=float, default=0.0, help="fraction of patches from --synthetic")
     train.add_argument("--val-cases", nargs="+", help="case ids held out for validation and the best checkpoint")
-    train.add_argument("--init", help="start from a pretrained encoder (an `ssl pretrain` weights folder)")
+    train.add_argument(
+        "--init", help="start from a pretrained encoder: an `ssl pretrain` weights folder, or ssl-dualpath (shipped)"
+    )
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--stop-at", type=int, help="end this run at that step (checkpointed); continue with --resume")
     train.set_defaults(handler=_seg_train)
