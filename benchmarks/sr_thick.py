@@ -78,20 +78,23 @@ def check(pipeline: SRPipeline, linear: SRPipeline, name: str, path: Path, scale
         row[f"consistency_rms_{label}"] = float(np.sqrt(np.mean(diff**2)) / span)
         row[f"negative_voxels_{label}"] = float((out < 0).mean())
     row["family_agreement_psnr_db"] = family_agreement(pipeline, volume, scale, slice_axis)
-    return row, (interpolated, result.volume, slice_axis)
+    out_spacing = tuple(s / scale if a == slice_axis else s for a, s in enumerate(spacing))
+    return row, (interpolated, result.volume, out_spacing)
 
 
 def figure(examples: dict[str, tuple], path: Path) -> None:
-    """Per contrast: linear interpolation and the network, in the three planes through the volume's centre."""
+    """Per contrast: linear interpolation and the network, in the three planes through the volume's centre, drawn
+    at their physical aspect."""
     fig, axes = subplots(2 * len(examples), 3, (9, 3 * 2 * len(examples)))
-    for r, (name, (interpolated, output, _)) in enumerate(examples.items()):
+    for r, (name, (interpolated, output, spacing)) in enumerate(examples.items()):
+        aspects = (spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1])  # rows / columns
         for k, (title, volume) in enumerate((("linear", interpolated), ("network", output))):
             c = [n // 2 for n in volume.shape]
             lo, hi = np.percentile(volume, [1, 99.5])
             views = (volume[:, :, c[2]], volume[:, c[1], :], volume[c[0], :, :])
             for j, view in enumerate(views):
                 ax = axes[2 * r + k][j]
-                ax.imshow(np.rot90(view), cmap="gray", vmin=lo, vmax=hi, aspect="auto")
+                ax.imshow(np.rot90(view), cmap="gray", vmin=lo, vmax=hi, aspect=aspects[j])
                 ax.set_axis_off()
                 if j == 0:
                     ax.set_title(f"{name}: {title}", fontsize=9, loc="left")
