@@ -16,6 +16,7 @@ an MRI Fourier-crop degradation with this geometry.
 from __future__ import annotations
 
 import numpy as np
+from scipy import fft
 
 from meddiffusion.errors import MeddiffError
 
@@ -74,9 +75,9 @@ def kspace_downsample(volume: np.ndarray, scale: int, axes: tuple[int, ...] = (0
     """Fourier-crop ``volume`` by ``scale`` on ``axes`` and return the magnitude image."""
     check_fits(volume.shape, scale, axes)
     low = tuple(volume.shape[a] // scale for a in axes)
-    spectrum = np.fft.fftn(volume.astype(np.float64), axes=axes)
+    spectrum = fft.fftn(volume.astype(np.float64), axes=axes, workers=-1)
     cropped = spectrum[_crop_index(volume.shape, axes, low)]
-    out = np.fft.ifftn(cropped, axes=axes) / scale ** len(axes)
+    out = fft.ifftn(cropped, axes=axes, workers=-1) / scale ** len(axes)
     return np.abs(out).astype(np.float32)
 
 
@@ -134,24 +135,40 @@ def data_consistency(
     the result stays real); for non-negative ``measured`` then ``kspace_downsample(result) == measured``.
     Through-plane: each group of ``scale`` thin slices is shifted so that its mean equals the thick slice.
     """
+    return _projector(measured, output.shape, scale, axis, slice_axis)(output)
+
+
+def _projector(measured: np.ndarray, shape: tuple[int, ...], scale: int, axis: str, slice_axis: int):
+    """``data_consistency`` onto ``measured`` as a function of the output, the measured spectrum computed once
+    (alternating projections apply it many times). SciPy's FFT on all cores: NumPy's takes ~10x longer on the
+    inner axes of a volume."""
     if axis == "through":
-        moved = np.moveaxis(output.astype(np.float64), slice_axis, -1)
-        groups = moved.reshape(*moved.shape[:-1], -1, scale)
         target = np.moveaxis(measured.astype(np.float64), slice_axis, -1)[..., None]
-        fixed = groups + (target - groups.mean(-1, keepdims=True))
-        return np.moveaxis(fixed.reshape(moved.shape), -1, slice_axis).astype(np.float32)
+
+        def through(output: np.ndarray) -> np.ndarray:
+            moved = np.moveaxis(output.astype(np.float64), slice_axis, -1)
+            groups = moved.reshape(*moved.shape[:-1], -1, scale)
+            fixed = groups + (target - groups.mean(-1, keepdims=True))
+            return np.moveaxis(fixed.reshape(moved.shape), -1, slice_axis).astype(np.float32)
+
+        return through
     axes = inplane_axes(slice_axis)
-    low = tuple(output.shape[a] // scale for a in axes)
-    spectrum = np.fft.fftn(output.astype(np.float64), axes=axes)
-    measured_spectrum = np.fft.fftn(measured.astype(np.float64), axes=axes) * scale ** len(axes)
-    kept = _crop_index(output.shape, axes, low)
-    mirror_idx: list = [slice(None)] * output.ndim
-    grids = np.ix_(*[(-_central_freqs(m)) % output.shape[a] for a, m in zip(axes, low, strict=True)])
+    low = tuple(shape[a] // scale for a in axes)
+    measured_spectrum = fft.fftn(measured.astype(np.float64), axes=axes, workers=-1) * scale ** len(axes)
+    kept = _crop_index(shape, axes, low)
+    mirror_idx: list = [slice(None)] * len(shape)
+    grids = np.ix_(*[(-_central_freqs(m)) % shape[a] for a, m in zip(axes, low, strict=True)])
     for a, g in zip(axes, grids, strict=True):
         mirror_idx[a] = g
-    spectrum[tuple(mirror_idx)] = np.conj(measured_spectrum)
-    spectrum[kept] = measured_spectrum
-    return np.real(np.fft.ifftn(spectrum, axes=axes)).astype(np.float32)
+    mirror, mirrored = tuple(mirror_idx), np.conj(measured_spectrum)
+
+    def inplane(output: np.ndarray) -> np.ndarray:
+        spectrum = fft.fftn(output.astype(np.float64), axes=axes, workers=-1)
+        spectrum[mirror] = mirrored
+        spectrum[kept] = measured_spectrum
+        return np.real(fft.ifftn(spectrum, axes=axes, workers=-1)).astype(np.float32)
+
+    return inplane
 
 
 def physical_consistency(
@@ -164,8 +181,9 @@ def physical_consistency(
     the output physical exactly, and the returned data-consistency error (max |degrade(output) - measured| over
     the measured range) says how far from exact the projection left it (it shrinks with ``iterations``)."""
     floor = float(measured.min())
+    project = _projector(measured, output.shape, scale, axis, slice_axis)
     result = output.astype(np.float32)
     for _ in range(iterations):
-        result = np.maximum(data_consistency(result, measured, scale, axis, slice_axis), floor)
+        result = np.maximum(project(result), floor)
     error = np.abs(degrade(result - floor, scale, axis, slice_axis) + floor - measured).max()
     return result, float(error / max(float(measured.max()) - floor, 1e-12))
