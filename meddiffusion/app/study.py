@@ -66,8 +66,9 @@ class StudyPreset:
     seeds: int = 3
 
 
-#: quick: a smoke run (two folds); full: the powered design (5 folds, two ratios, 3 seeds), sized for 2 CPU cores
-#: with the segmenter's defaults (64-pixel patches; ``--seg-config`` for another recipe)
+#: quick: a smoke run (two folds); full: the powered design (5 folds, two ratios, 3 seeds) with the segmenter's
+#: defaults (64-pixel patches; ``--seg-config`` for another recipe), short steps chosen to aim at 150 minutes on
+#: 2 CPU cores (not yet timed); either resumes where it stopped
 PRESETS = {
     "quick": StudyPreset(folds=2, generator_steps=300, synthetic_cases=4, sampler_steps=4, seg_steps=300, seeds=2),
     "full": StudyPreset(
