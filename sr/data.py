@@ -56,13 +56,14 @@ class SRPairs(Dataset):
         self.length = length
         self.augment = augment
         self.entries: list[dict] = []
-        inplane_only = {str(p) for p in inplane_only}
-        for path in [*paths, *(p for p in inplane_only if p not in {str(q) for q in paths})]:
+        # in the order given (a set's order changes between processes, and items must not)
+        only = [str(p) for p in inplane_only]
+        for path in dict.fromkeys([*map(str, paths), *only]):
             volume = head_box(load_image(path).data[0].numpy())
             for task in tasks:
-                if task.axis != "inplane" and str(path) in inplane_only:
+                if task.axis != "inplane" and path in only:
                     continue
-                self.entries.extend(self._prepare(volume, task, slice_axis, str(path)))
+                self.entries.extend(self._prepare(volume, task, slice_axis, path))
         if not self.entries:
             raise ValueError("no (volume, task) pair fits the requested scales")
 
