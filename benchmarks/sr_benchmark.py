@@ -59,6 +59,14 @@ def held_out() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return volumes
 
 
+def reference(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """A held-out volume as it is scored: shifted to >= 0 (magnitude images; some sets are z-scored), its head mask,
+    and the head's intensity range of the whole volume (the data range of every slab cut from it)."""
+    volume = volume - min(float(volume.min()), 0.0)
+    head = head_mask(volume)
+    return volume, head, float(volume[head].max() - volume[head].min())
+
+
 def slab(label: np.ndarray, slices: int, crop: int | None = None) -> tuple[slice, slice, slice]:
     """Window of ``slices`` axial slices through the tumour center (optionally ``crop`` voxels in-plane)."""
     center = np.argwhere(label > 0).mean(0).astype(int)
@@ -108,9 +116,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.quick:
         volumes = dict(list(volumes.items())[:1])
     for name, (volume, affine, label) in volumes.items():
-        volume = volume - min(float(volume.min()), 0.0)  # magnitude images: z-scored sets shifted to >= 0
-        head = head_mask(volume)
-        data_range = float(volume[head].max() - volume[head].min())  # of the whole volume, for every slab
+        volume, head, data_range = reference(volume)
         for task, (scale, axis) in tasks.items():
             window = slab(label, 48, crop=96) if axis == "through" else slab(label, args.slices)
             ref, mask = volume[window], head[window]

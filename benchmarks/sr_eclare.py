@@ -25,11 +25,10 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sr_benchmark import held_out, score, slab  # noqa: E402  (the benchmark's volumes, slabs and scoring)
+from sr_benchmark import held_out, reference, score, slab  # noqa: E402  (the benchmark's volumes, slabs and scoring)
 
 from meddiffusion.sr.degradation import degrade, low_res_affine  # noqa: E402
 from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions  # noqa: E402
-from meddiffusion.transforms import head_mask  # noqa: E402
 
 SCALE = 4
 
@@ -37,18 +36,11 @@ SCALE = 4
 def _slabs():
     """name -> (thin slab, its affine, head mask of the slab, head intensity range of the whole volume)."""
     for name, (volume, affine, label) in held_out().items():
-        volume = volume - min(float(volume.min()), 0.0)
-        head = head_mask(volume)
+        volume, head, data_range = reference(volume)
         window = slab(label, 48, crop=96)
         shift = np.eye(4)
         shift[:3, 3] = [w.start or 0 for w in window]
-        yield (
-            name.replace(" ", "_"),
-            volume[window].astype(np.float32),
-            affine @ shift,
-            head[window],
-            float(volume[head].max() - volume[head].min()),
-        )
+        yield name.replace(" ", "_"), volume[window].astype(np.float32), affine @ shift, head[window], data_range
 
 
 def prepare(work: Path) -> None:

@@ -31,9 +31,9 @@ from meddiffusion.io import load_image
 from meddiffusion.plotting import save_figure, subplots
 from meddiffusion.sr.degradation import degrade, plane_normals
 from meddiffusion.sr.inference import network_volumes
-from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions, default_slice_axis
+from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions, default_slice_axis, normalised_input
 from meddiffusion.sr.planes import Task
-from meddiffusion.transforms import head_mask, normalise, robust_range
+from meddiffusion.transforms import head_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANS = ROOT.parent / "shared" / "data" / "tcga_gbm_FG-6692_native"
@@ -43,8 +43,7 @@ CONTRASTS = {"T1": "T1_AX", "T1c": "T1_AX_POST_GAD", "T2": "T2_AX", "FLAIR": "FL
 def family_agreement(pipeline: SRPipeline, volume: np.ndarray, scale: int, slice_axis: int) -> float:
     """PSNR (dB, normalised intensities, inside the head) between the network's outputs on the two plane
     families that contain the thick axis."""
-    positive = volume - min(float(volume.min()), 0.0)
-    low = normalise(positive, robust_range(positive))
+    low = normalised_input(volume)[0]
     task = Task(scale, "through")
     outs = [
         network_volumes(pipeline.model, pipeline.config, low, task, slice_axis, [n])[0]

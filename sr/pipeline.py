@@ -83,6 +83,15 @@ def default_slice_axis(spacing: tuple[float, ...], axis: str) -> int:
     return int(np.argmax(spacing))
 
 
+def normalised_input(volume: np.ndarray) -> tuple[np.ndarray, tuple[float, float], float]:
+    """What the networks see of an input volume: shifted to be non-negative (some sets are z-scored), then
+    normalised robustly inside the head; with the intensity range and the shift that map it back."""
+    shift = min(float(volume.min()), 0.0)
+    positive = volume.astype(np.float32) - shift
+    intensity = robust_range(positive)
+    return normalise(positive, intensity), intensity, shift
+
+
 class SRPipeline:
     """Super-resolution of whole volumes, as a diffusers pipeline: load once, call on data.
 
@@ -164,10 +173,7 @@ class SRPipeline:
         check_fits(high_shape, options.scale, axes, f"the {options.scale}x upscaled image", min_low=4)
         self._check_task(options)
         task = Task(options.scale, options.axis)
-        shift = min(float(volume.min()), 0.0)
-        positive = volume.astype(np.float32) - shift
-        intensity = robust_range(positive)
-        low = normalise(positive, intensity)
+        low, intensity, shift = normalised_input(volume)
         normals = plane_normals(options.axis, slice_axis)
         info: dict[str, Any] = {
             **dataclasses.asdict(options),
