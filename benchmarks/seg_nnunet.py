@@ -2,25 +2,31 @@
 
     bash benchmarks/nnunet_env.sh ~/venvs/nnunet                     # its own environment (see that script)
     python benchmarks/seg_nnunet.py prepare --work ~/meddiff-runs/nnunet
-    python benchmarks/seg_nnunet.py run --work ~/meddiff-runs/nnunet --venv ~/venvs/nnunet --folds 0 1 2 3 4
-    python benchmarks/seg_nnunet.py score --work ~/meddiff-runs/nnunet --out docs/benchmarks
+    python benchmarks/seg_nnunet.py run --work ~/meddiff-runs/nnunet --budget-from ~/meddiff-runs/seg-cv/full \
+        --batch-size 8
+    python benchmarks/seg_nnunet.py score --work ~/meddiff-runs/nnunet --batch-size 8 --out docs/benchmarks
 
 ``prepare`` writes the cases of ``configs/seg_cases.csv`` (labels mapped to BraTS 2021 by the toolkit's own data
 layer) as nnU-Net raw data set 501 with nnU-Net's BraTS conventions: four channels (FLAIR, T1, T1ce, T2; a
 modality a case lacks is all zeros, as the toolkit's segmenter sees it), labels 1 oedema, 2 necrotic core,
 3 enhancing, trained region-based (whole tumour, tumour core, enhancing), and the toolkit's 5 folds by patient
 (``kfold_splits``, seed 0) as ``splits_final.json``, so every method sees the same folds. ``run`` plans and
-preprocesses the 2D configuration (the closest to the toolkit's 2.5D model), trains each fold on the CPU with a
-shortened schedule (``--trainer``, e.g. nnUNetTrainer_10epochs, chosen to match the toolkit's CPU wall clock) and
-predicts the fold's held-out cases. ``score`` maps the predictions back to BraTS 2021 labels on each case's grid
-and scores them with the toolkit's evaluation (``eval.cases``), like every other method.
+preprocesses the 2D configuration (the closest to the toolkit's 2.5D model) and trains each fold on the CPU for as
+many seconds as the toolkit's own run of that fold took (``--budget-from``: the ``seg ablate`` variant folder;
+``benchmarks/nnunet_budget_trainer.py``); nnU-Net's final validation predicts the fold's held-out cases with the
+final weights and mirroring. Planned for a GPU, nnU-Net's 2D batch is 105 slices of 192 x 160 (about 40 s a step
+on 2 cores: some 50 steps in a 35-minute budget); ``--batch-size 8`` (the toolkit's) is the one change made, as an
+nnU-Net configuration inheriting the planned one. ``score`` maps the predictions back to BraTS 2021 labels on each
+case's grid and scores them with the toolkit's evaluation (``eval.cases``), like every other method.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -42,6 +48,7 @@ CHANNELS = ("flair", "t1", "t1ce", "t2")
 #: BraTS 2021 label -> nnU-Net's BraTS label (oedema 1, necrotic core 2, enhancing 3), and back, as lookup tables
 TO_NNUNET = np.array([0, 2, 1, 0, 3], dtype=np.uint8)
 FROM_NNUNET = np.array([0, 2, 1, 4], dtype=np.uint8)
+TRAINER = "nnUNetTrainer_MedDiffBudget"  # benchmarks/nnunet_budget_trainer.py
 
 
 def _env(work: Path) -> dict[str, str]:
@@ -63,6 +70,9 @@ def prepare(work: Path, folds: int = 5) -> None:
         reference = subject[next(iter(m for m in CHANNELS if m in subject))]
         for k, m in enumerate(CHANNELS):
             data = subject[m].data[0].numpy() if m in subject else np.zeros(reference.spatial_shape, np.float32)
+            # background at 0, as in raw scans: the BRATS 2015 volumes are z-scored (background -3), which would
+            # defeat nnU-Net's crop to the non-zero region and its normalisation inside it
+            data = data - data.min()
             nib.save(
                 nib.Nifti1Image(data.astype(np.float32), reference.affine),
                 raw / "imagesTr" / f"{case_id}_{k:04d}.nii.gz",
@@ -82,7 +92,34 @@ def prepare(work: Path, folds: int = 5) -> None:
     print(f"wrote {len(cases)} cases to {raw} and {folds} folds")
 
 
-def run(work: Path, venv: Path, folds: list[int], trainer: str) -> None:
+def _budget(run_dir: Path, fold: int) -> float:
+    """The toolkit's training seconds on ``fold`` (the last ``elapsed_s`` of its log; it counts across resumes)."""
+    log = run_dir / f"fold{fold}" / "training_log.csv"
+    if not log.exists():
+        raise SystemExit(f"error: {log}: no training log; run `meddiff seg ablate` on this fold first")
+    with open(log) as handle:
+        return float(list(csv.DictReader(handle))[-1]["elapsed_s"])
+
+
+def _configuration(preprocessed: Path, batch_size: int | None) -> str:
+    """nnU-Net's 2D configuration, or one that inherits it with another batch size (nnU-Net's documented way to
+    change a planned value; the preprocessed data are shared)."""
+    if batch_size is None:
+        return "2d"
+    name = f"2d_b{batch_size}"
+    plans_file = preprocessed / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    if name not in plans["configurations"]:
+        plans["configurations"][name] = {"inherits_from": "2d", "batch_size": batch_size}
+        plans_file.write_text(json.dumps(plans, indent=2) + "\n")
+    return name
+
+
+def _results(work: Path, configuration: str) -> Path:
+    return work / "results" / DATASET / f"{TRAINER}__nnUNetPlans__{configuration}"
+
+
+def run(work: Path, venv: Path, folds: list[int], budget_from: Path, batch_size: int | None) -> None:
     env, bin_ = _env(work), venv / "bin"
     preprocessed = work / "preprocessed" / DATASET
     if not (preprocessed / "nnUNetPlans.json").exists():
@@ -90,34 +127,36 @@ def run(work: Path, venv: Path, folds: list[int], trainer: str) -> None:
             [bin_ / "nnUNetv2_plan_and_preprocess", "-d", "501", "-c", "2d", "-np", "2"], env=env, check=True
         )
     (preprocessed / "splits_final.json").write_text((work / "splits_final.json").read_text())
-    splits = json.loads((work / "splits_final.json").read_text())
-    timing = {}
+    configuration = _configuration(preprocessed, batch_size)
+    site = subprocess.run(
+        [bin_ / "python", "-c", "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    shutil.copy(ROOT / "benchmarks" / "nnunet_budget_trainer.py", Path(site) / "training/nnUNetTrainer/variants")
+    timing_file = work / f"train_seconds_{configuration}.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     for fold in folds:
+        if (_results(work, configuration) / f"fold_{fold}" / "validation" / "summary.json").exists():
+            continue  # finished (a fold stopped part-way starts again: the budget is measured in its first epoch)
+        budget = _budget(budget_from, fold)
+        fold_env = {**env, "MEDDIFF_NNUNET_BUDGET_S": str(budget), "nnUNet_n_proc_DA": "1"}
         started = time.time()
-        command = [bin_ / "nnUNetv2_train", "501", "2d", str(fold), "-tr", trainer, "-device", "cpu"]
-        subprocess.run(command, env=env, check=True)
-        timing[fold] = time.time() - started
-        test_in = work / f"test_fold{fold}"
-        test_in.mkdir(exist_ok=True)
-        for case_id in splits[fold]["val"]:
-            for k in range(len(CHANNELS)):
-                name = f"{case_id}_{k:04d}.nii.gz"
-                target = test_in / name
-                if not target.exists():
-                    target.symlink_to(work / "raw" / DATASET / "imagesTr" / name)
-        predict = [bin_ / "nnUNetv2_predict", "-i", str(test_in), "-o", str(work / f"pred_fold{fold}")]
-        predict += ["-d", "501", "-c", "2d", "-f", str(fold), "-tr", trainer, "-device", "cpu"]
-        subprocess.run(predict, env=env, check=True)
-    (work / "train_seconds.json").write_text(json.dumps(timing, indent=2) + "\n")
+        command = [bin_ / "nnUNetv2_train", "501", configuration, str(fold), "-tr", TRAINER, "-device", "cpu"]
+        subprocess.run(command, env=fold_env, check=True)
+        timing[str(fold)] = {"budget_s": budget, "train_and_validate_s": round(time.time() - started, 1)}
+        timing_file.write_text(json.dumps(timing, indent=2) + "\n")
 
 
-def score(work: Path, out: Path) -> None:
+def score(work: Path, out: Path, batch_size: int | None) -> None:
     cases = {c.case_id: c for c in read_dataset(CASES) if c.label is not None}
     splits = json.loads((work / "splits_final.json").read_text())
+    configuration = "2d" if batch_size is None else f"2d_b{batch_size}"
     rows = []
     for fold, split in enumerate(splits):
         for case_id in split["val"]:
-            path = work / f"pred_fold{fold}" / f"{case_id}.nii.gz"
+            path = _results(work, configuration) / f"fold_{fold}" / "validation" / f"{case_id}.nii.gz"
             if not path.exists():
                 continue
             subject, label = reference_label(cases[case_id], CHANNELS)
@@ -125,6 +164,7 @@ def score(work: Path, out: Path) -> None:
             spacing = tuple(subject[modality_names(subject)[0]].spacing)
             metrics = evaluate_segmentation(pred, label, spacing, "brats2021")
             rows.append({"variant": "nnunet", "fold": fold, "case_id": case_id, **metrics})
+    out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "seg_nnunet_per_case.csv")
     for region in ("WT", "TC", "ET"):
         values = [r[f"{region}_dice"] for r in rows]
@@ -137,15 +177,20 @@ def main() -> None:
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--venv", type=Path, default=Path.home() / "venvs" / "nnunet")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--trainer", default="nnUNetTrainer_10epochs")
+    parser.add_argument(
+        "--budget-from", type=Path, help="`seg ablate` variant folder whose per-fold training time nnU-Net gets"
+    )
+    parser.add_argument("--batch-size", type=int, help="instead of the planned one (a GPU's memory sets nnU-Net's)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.work)
     elif args.step == "run":
-        run(args.work, args.venv, args.folds, args.trainer)
+        if args.budget_from is None:
+            parser.error("run needs --budget-from")
+        run(args.work, args.venv, args.folds, args.budget_from, args.batch_size)
     else:
-        score(args.work, args.out)
+        score(args.work, args.out, args.batch_size)
 
 
 if __name__ == "__main__":

@@ -43,16 +43,18 @@ from meddiffusion.transforms import brain_mask, normalise
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "configs" / "seg_cases.csv"
-MODALITIES = ("flair", "t1ce")
 SIZES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 PAINT_SIZES = (10.0, 40.0)
 METHODS = ("model", "copy_paste")
 
 
-def load_cases():
+def load_cases(modalities: list[str]):
+    """The labelled cases that have every modality the generator paints (the realism hosts need them all)."""
     out = {}
     for case in read_dataset(CASES):
-        subject = load_subject({m: case.images[m] for m in MODALITIES}, case.label, case_id=case.case_id)
+        if not all(m in case.images for m in modalities):
+            continue
+        subject = load_subject({m: case.images[m] for m in modalities}, case.label, case_id=case.case_id)
         label = to_brats2021(subject["label"].data[0].numpy().round().astype(np.int64), case.convention)
         out[case.case_id] = (case, subject, label.astype(np.uint8))
     return out
@@ -60,7 +62,7 @@ def load_cases():
 
 def size_fidelity(cases, synthesizer) -> list[dict]:
     rows = []
-    for case_id in ("brats2015_pat0006", "brats2012_HG0015"):
+    for case_id in ("Brats18_TCIA03_265_1", "brats2012_HG0015"):  # four-modality hosts: any generator's cases
         _, subject, label = cases[case_id]
         brain = brain_mask(subject["flair"].data[0].numpy())
         spacing = subject["flair"].spacing
@@ -108,10 +110,10 @@ def unseen_cases(cases, synthesizer) -> list[str]:
 
 def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict, dict]:
     """Paint into every unseen host; per-lesion rows, the realism summary per method, and example volumes."""
-    hosts = unseen_cases(cases, synthesizer)
+    hosts, modalities = unseen_cases(cases, synthesizer), synthesizer.modalities
     if len(hosts) < 3:
         raise SystemExit(f"realism needs >= 3 cases the generator never saw; it saw all but {hosts}")
-    normalised = {c: {m: brain_normalise(cases[c][1][m].data[0].numpy()) for m in MODALITIES} for c in hosts}
+    normalised = {c: {m: brain_normalise(cases[c][1][m].data[0].numpy()) for m in modalities} for c in hosts}
     tumours = {c: cases[c][2] > 0 for c in hosts}
     rows, examples = [], {}
     lesions: dict[str, list[tuple[str, dict[str, np.ndarray], np.ndarray]]] = {m: [] for m in METHODS}
@@ -134,7 +136,7 @@ def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict, dict]:
                 "painted_voxels": int(result.painted.sum()),
             }
             volumes = {"model": {}, "copy_paste": {}}
-            for m in MODALITIES:
+            for m in modalities:
                 raw = subject[m].data[0].numpy()
                 row[f"{m}_changed_outside"] = int((result.images[m][~result.painted] != raw[~result.painted]).sum())
                 volumes["model"][m] = normalise_like(raw, result.images[m], brain)
@@ -150,8 +152,8 @@ def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict, dict]:
             if h == 0:
                 examples[size] = (volumes["model"]["flair"], lesion)
     real_features = np.stack([_features(normalised[c], tumours[c]) for c in hosts])
-    real_edges = {m: np.mean([edge_strength(normalised[c][m], tumours[c]) for c in hosts]) for m in MODALITIES}
-    summary = {"hosts": hosts, "real_edge_strength": real_edges}
+    real_edges = {m: np.mean([edge_strength(normalised[c][m], tumours[c]) for c in hosts]) for m in modalities}
+    summary = {"hosts": hosts, "modalities": modalities, "real_edge_strength": real_edges}
     for name in METHODS:
         synthetic = np.stack([_features(v, mask) for _, v, mask in lesions[name]])
         groups = [host for host, _, _ in lesions[name]]
@@ -159,7 +161,7 @@ def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict, dict]:
             "auc": realism_auc(real_features, synthetic, hosts, groups),
             **{
                 f"{m}_seam_ratio": float(np.mean([r[f"{m}_{name}_edge"] for r in rows]) / real_edges[m])
-                for m in MODALITIES
+                for m in modalities
             },
         }
     examples["real"] = (normalised[hosts[0]]["flair"], tumours[hosts[0]])
@@ -167,8 +169,8 @@ def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict, dict]:
 
 
 def _features(volumes: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
-    """A lesion's realism features, every modality side by side."""
-    return np.concatenate([lesion_features(volumes[m], mask) for m in MODALITIES])
+    """A lesion's realism features, every modality side by side (in the generator's order)."""
+    return np.concatenate([lesion_features(volume, mask) for volume in volumes.values()])
 
 
 def normalise_like(raw: np.ndarray, volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
@@ -219,12 +221,12 @@ def table(size_rows, paint_rows, summary) -> str:
             "| modality | method | Wasserstein to unseen real tumours | KS statistic | seam ratio (1 = as real) |",
             "|---|---|---|---|---|",
         ]
-        for m in MODALITIES:
+        for m in summary["modalities"]:
             for name in METHODS:
                 w = np.mean([r[f"{m}_{name}_wasserstein"] for r in paint_rows])
                 ks = np.mean([r[f"{m}_{name}_ks"] for r in paint_rows])
                 lines.append(f"| {m} | {name} | {w:.3f} | {ks:.3f} | {summary[name][f'{m}_seam_ratio']:.2f} |")
-        changed = sum(r[f"{m}_changed_outside"] for r in paint_rows for m in MODALITIES)
+        changed = sum(r[f"{m}_changed_outside"] for r in paint_rows for m in summary["modalities"])
         seconds = [r["seconds"] for r in paint_rows]
         lines += [
             "",
@@ -248,7 +250,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     synthesizer = LesionSynthesizer.from_pretrained(args.weights)
-    cases = load_cases()
+    cases = load_cases(synthesizer.modalities)
     size_rows = size_fidelity(cases, synthesizer) if args.only != "paint" else []
     paint_rows, summary, examples = paint(cases, synthesizer, args.steps) if args.only != "size" else ([], {}, {})
     results = {

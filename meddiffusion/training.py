@@ -159,12 +159,13 @@ def train(
     if extra_state:
         accelerator.register_for_checkpointing(*extra_state)
 
-    step = 0
+    step, elapsed = 0, 0.0
     if resume:
         accelerator.load_state(str(checkpoint))
         ema.load_state_dict(torch.load(checkpoint / "ema.pt", map_location="cpu", weights_only=False))
         ema.to(accelerator.device)
-        step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        step, elapsed = state["step"], state.get("elapsed_s", 0.0)
 
     micro = config.batch_size * accelerator.num_processes
     per_step = micro * config.gradient_accumulation
@@ -182,7 +183,8 @@ def train(
     micro_batch = step * config.gradient_accumulation
     writer = _tensorboard(run_dir) if accelerator.is_main_process else None
     bar = tqdm(total=config.steps, initial=step, desc="train", disable=not accelerator.is_main_process)
-    started, running, extras = time.time(), [], defaultdict(list)
+    # wall time counts across resumes (the checkpoint carries it): the log's elapsed_s is the run's training time
+    started, running, extras = time.time() - elapsed, [], defaultdict(list)
     model.train()
     for batch in loader:
         generator.manual_seed(seed * 1_000_003 + 7919 * micro_batch + accelerator.process_index)
@@ -231,7 +233,7 @@ def train(
                     writer.add_scalar(f"val/{key}", value, step)
             model.train()
         if step % config.checkpoint_every == 0 or step in (config.steps, stop_at):
-            _save_checkpoint(accelerator, ema, run_dir, step)
+            _save_checkpoint(accelerator, ema, run_dir, step, time.time() - started)
         if step == stop_at:
             break
     bar.close()
@@ -253,7 +255,7 @@ def _with_ema(model: torch.nn.Module, ema: EMAModel, fn: ValidateFn) -> dict[str
         ema.restore(model.parameters())
 
 
-def _save_checkpoint(accelerator: Accelerator, ema: EMAModel, run_dir: Path, step: int) -> None:
+def _save_checkpoint(accelerator: Accelerator, ema: EMAModel, run_dir: Path, step: int, elapsed: float) -> None:
     """Write the full state to a temporary folder, then swap it in: a crash never leaves a half checkpoint.
     With several processes, each writes its own RNG state: a stale folder is cleared before anyone writes, and the
     swap waits until all have written."""
@@ -265,7 +267,7 @@ def _save_checkpoint(accelerator: Accelerator, ema: EMAModel, run_dir: Path, ste
     accelerator.wait_for_everyone()  # every process's RNG state is in the folder before it is swapped in
     if accelerator.is_main_process:
         torch.save(ema.state_dict(), tmp / "ema.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "elapsed_s": round(elapsed, 1)}))
         final, old = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.old"
         if final.exists():
             final.rename(old)

@@ -1,5 +1,8 @@
 """The diffusion core and the Accelerate loop on real slices: loss goes down, checkpoints resume exactly."""
 
+import csv
+import json
+
 import pytest
 import torch
 
@@ -60,14 +63,20 @@ def test_resume_restores_optimizer_and_continues_identically(pairs, tmp_path, di
     # stop after 3 steps, as if the process died right after the checkpoint at step 3
     train(_small_model(diffusion), pairs, loss_fn, config, tmp_path / "b", seed=1, stop_at=3)
     ckpt = tmp_path / "b" / "checkpoint"
-    assert (ckpt / "trainer_state.json").read_text() == '{"step": 3}'
+    saved = json.loads((ckpt / "trainer_state.json").read_text())
+    assert saved["step"] == 3 and saved["elapsed_s"] > 0
     state = torch.load(ckpt / "optimizer.bin", weights_only=False)
     assert state["state"] and all(int(s["step"]) == 3 for s in state["state"].values())
     with pytest.raises(MeddiffError, match="--resume"):
         train(_small_model(diffusion), pairs, loss_fn, config, tmp_path / "b", seed=1)
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 3, "elapsed_s": 1000.0}))  # a long first session
     resumed = train(_small_model(diffusion), pairs, loss_fn, config, tmp_path / "b", seed=1, resume=True)
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
+    # the wall time goes on from the checkpoint's: the log reports the run's training time, not the last session's
+    with open(tmp_path / "b" / "training_log.csv") as handle:
+        logged = [float(row["elapsed_s"]) for row in csv.DictReader(handle)]
+    assert 1000.0 <= logged[-1] < 1000.0 + 120
 
 
 class _NoiseResiduals(torch.utils.data.Dataset):
