@@ -71,9 +71,14 @@ def check_output(path: str | Path, force: bool) -> Path:
 
 
 def weights_folder(name_or_folder: str | Path) -> Path:
-    """A folder that exists, else the shipped weights of that name (``ssl-dualpath``), else the path as given
-    (whose loading then says what is missing)."""
+    """The one resolver of weights arguments (every ``from_pretrained``, ``--weights``, ``--init``), as diffusers
+    takes a folder or a hub name: a folder that exists, else the shipped weights of that name (``seg-dualpath``);
+    a bare name that is neither is an error listing the shipped names; other paths are returned as given (their
+    loading says what is missing)."""
     path = Path(name_or_folder)
-    if not path.exists() and len(path.parts) == 1 and (PRETRAINED / path.name / WEIGHTS_FILE).is_file():
+    if path.exists() or len(path.parts) != 1:
+        return path
+    if (PRETRAINED / path.name / WEIGHTS_FILE).is_file():
         return PRETRAINED / path.name
-    return path
+    shipped = sorted(p.parent.name for p in PRETRAINED.glob(f"*/{WEIGHTS_FILE}"))
+    raise MeddiffError(f"no such folder, nor shipped weights of that name (shipped: {', '.join(shipped)})", path)

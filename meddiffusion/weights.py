@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import atomic_write, write_json
-from meddiffusion.paths import PRETRAINED, WEIGHTS_FILE
+from meddiffusion.paths import WEIGHTS_FILE
 from meddiffusion.provenance import file_sha256, provenance
 from meddiffusion.serialise import json_text
 
@@ -111,12 +111,3 @@ def check_device(name: str) -> str:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise MeddiffError(f"--device {name}: MPS is not available here; use --device cpu")
     return name
-
-
-def pretrained(name: str) -> Path:
-    """Path of a shipped weights folder, e.g. ``pretrained("sr-diffusion")``."""
-    folder = PRETRAINED / name
-    if not (folder / WEIGHTS_FILE).is_file():
-        available = sorted(p.name for p in PRETRAINED.iterdir() if p.is_dir()) if PRETRAINED.exists() else []
-        raise MeddiffError(f"no shipped weights named {name!r} (available: {', '.join(available) or 'none'})")
-    return folder

@@ -26,12 +26,12 @@ from meddiffusion.data.prepare import prepare_subject, with_modalities
 from meddiffusion.data.sampling import neighbour_stack
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, check_output, load_subject, modality_names, save_nifti, write_json
-from meddiffusion.paths import sidecar
+from meddiffusion.paths import sidecar, weights_folder
 from meddiffusion.provenance import provenance
 from meddiffusion.segmentation.coding import activate, decode
 from meddiffusion.segmentation.data import PLANE_AXIS
 from meddiffusion.segmentation.models import SegNetworkConfig, build_from_weights_config
-from meddiffusion.weights import load_weights, pretrained, weights_hash
+from meddiffusion.weights import load_weights, weights_hash
 
 SHIPPED = "seg-dualpath"
 #: inference settings when the weights name none: ``window`` "plane" (one window per plane over the brain's box)
@@ -133,7 +133,7 @@ class Segmenter:
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str = "cpu") -> Segmenter:
         """Load a weights folder (default: the shipped ``seg-dualpath``)."""
-        folder = Path(folder) if folder else pretrained(SHIPPED)
+        folder = weights_folder(folder or SHIPPED)
         model, config = load_weights(folder, "segmentation", build_from_weights_config, device)
         return cls(model, config, folder)
 

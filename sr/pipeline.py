@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from meddiffusion.diffusion import ConditionalUNet, build_diffusion_network
 from meddiffusion.errors import MeddiffError
+from meddiffusion.paths import weights_folder
 from meddiffusion.sr import METHODS
 from meddiffusion.sr.degradation import (
     AXES,
@@ -33,7 +34,7 @@ from meddiffusion.sr.degradation import (
 from meddiffusion.sr.inference import network_volumes
 from meddiffusion.sr.planes import Task, interpolate_volume
 from meddiffusion.transforms import denormalise, normalise, robust_range
-from meddiffusion.weights import check_device, load_weights, pretrained, weights_hash
+from meddiffusion.weights import check_device, load_weights, weights_hash
 
 #: shipped weights folder used by each learned method when ``--weights`` is not given
 SHIPPED = {"diffusion": "sr-diffusion", "unet": "sr-unet"}
@@ -121,8 +122,7 @@ class SRPipeline:
     @classmethod
     def from_pretrained(cls, name_or_folder: str | Path, device: str = "cpu") -> SRPipeline:
         """A shipped weights name (``sr-diffusion``, ``sr-unet``) or a weights folder written by ``sr train``."""
-        name = str(name_or_folder)
-        folder = pretrained(name) if name in SHIPPED.values() else Path(name_or_folder)
+        folder = weights_folder(name_or_folder)
         model, config = load_weights(folder, "sr", build_diffusion_network, check_device(device))
         return cls(config["method"], model, config, folder, device)
 

@@ -27,10 +27,11 @@ from meddiffusion.data.sampling import pad_to
 from meddiffusion.diffusion import build_diffusion_network, make_scheduler, sample
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, voxel_volume_ml
+from meddiffusion.paths import weights_folder
 from meddiffusion.synth.data import PLANE_AXIS, build_cond, paint_region, regions_stack
 from meddiffusion.synth.masks import TEMPLATES_FILE, WHITE_MATTER_CLASS, lesion_mask, load_templates, white_matter
 from meddiffusion.transforms import brain_mask, denormalise, normalise
-from meddiffusion.weights import check_device, load_weights, pretrained, weights_hash
+from meddiffusion.weights import check_device, load_weights, weights_hash
 
 SHIPPED = "synth-inpaint"
 MIN_WINDOW = 64
@@ -72,7 +73,7 @@ class LesionSynthesizer:
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str = "cpu") -> LesionSynthesizer:
         """Load a weights folder written by ``synth train`` (default: the shipped ``synth-inpaint``)."""
-        folder = Path(folder) if folder else pretrained(SHIPPED)
+        folder = weights_folder(folder or SHIPPED)
         model, config = load_weights(folder, "synth", build_diffusion_network, check_device(device))
         return cls(model, config, folder, device)
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from meddiffusion.app.cli import main
-from meddiffusion.weights import PRETRAINED
+from meddiffusion.paths import PRETRAINED
 
 
 @pytest.mark.skipif(not (PRETRAINED / "sr-diffusion" / "model.safetensors").is_file(), reason="no shipped weights")

@@ -23,7 +23,7 @@ from meddiffusion.segmentation.predict import Segmenter, predict_case
 from meddiffusion.segmentation.threshold import fit_threshold, predict_threshold
 from meddiffusion.segmentation.train import load_seg_config, run_training
 from meddiffusion.training import CHECKPOINT
-from meddiffusion.weights import WEIGHTS_FILE, pretrained
+from meddiffusion.weights import WEIGHTS_FILE
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def test_predict_with_the_shipped_weights_writes_a_label_map_on_the_input_grid(r
     assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4} and (labels > 0).any()
     record = json.loads((tmp_path / "seg.json").read_text())
     assert record["weights_sha256"] and record["label_convention"] == "brats2021"
-    assert pretrained("seg-dualpath").name == "seg-dualpath"
+    assert Segmenter.from_pretrained("seg-dualpath").hash == record["weights_sha256"]  # the default, by name
     with pytest.raises(MeddiffError, match="exists already"):
         predict_case(case, out)
 
@@ -233,7 +233,7 @@ def test_predict_reads_a_brats_case_folder_and_ignores_extra_modalities(real_cro
 
 def test_weights_of_another_task_are_refused(tmp_path):
     with pytest.raises(MeddiffError, match="not segmentation weights"):
-        Segmenter.from_pretrained(pretrained("sr-unet"))
+        Segmenter.from_pretrained("sr-unet")
 
 
 def test_validation_cases_keep_the_best_weights(real_crop, tmp_path):

@@ -11,9 +11,10 @@ from conftest import write_nifti
 from meddiffusion.app.cli import main
 from meddiffusion.diffusion import ConditionalUNet, NetworkConfig
 from meddiffusion.io import load_image
+from meddiffusion.paths import PRETRAINED
 from meddiffusion.sr.degradation import degrade, low_res_affine
 from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions
-from meddiffusion.weights import PRETRAINED, save_weights
+from meddiffusion.weights import save_weights
 
 SHIPPED = (PRETRAINED / "sr-diffusion" / "model.safetensors").is_file()
 

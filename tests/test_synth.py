@@ -19,13 +19,14 @@ from meddiffusion.data.prepare import load_case
 from meddiffusion.diffusion import build_diffusion_network
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image, load_subject
+from meddiffusion.paths import weights_folder
 from meddiffusion.segmentation.data import SegPatches
 from meddiffusion.synth.cases import Distribution, Recipe, generate_cases
 from meddiffusion.synth.masks import Template, ellipsoid_template, lesion_mask, white_matter
 from meddiffusion.synth.pipeline import LesionRequest, LesionSynthesizer
 from meddiffusion.synth.train import load_synth_config, run_training
 from meddiffusion.transforms import brain_mask
-from meddiffusion.weights import load_weights, pretrained
+from meddiffusion.weights import load_weights
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +226,9 @@ def test_synth_lesion_command_writes_files_and_refuses_to_overwrite(real_crop, t
 
 
 def test_shipped_model_uses_its_size_input(real_crop):
-    model, config = load_weights(pretrained("synth-inpaint"), "synth", build_diffusion_network)
-    assert config["modalities"] == ["flair", "t1ce"] and (pretrained("synth-inpaint") / "templates.npz").exists()
+    folder = weights_folder("synth-inpaint")
+    model, config = load_weights(folder, "synth", build_diffusion_network)
+    assert config["modalities"] == ["flair", "t1ce"] and (folder / "templates.npz").exists()
     torch.manual_seed(0)
     cond = torch.rand(1, model.config.cond_channels, 64, 64)
     x_t = torch.randn(1, 2, 64, 64)
