@@ -1,15 +1,19 @@
 """Super-resolution benchmark on real volumes held out from training.
 
     python benchmarks/sr_benchmark.py [--weights-dir meddiffusion/pretrained] [--slices 8] [--out docs/benchmarks]
+    python benchmarks/sr_benchmark.py --validation configs/sr_unet.yaml --out DIR   # choose defaults here
 
 Held out (never trained on, never used to choose a default; configs/sr_*.yaml): BRATS 2012 HG0015 (T1, T1c, T2,
 FLAIR; embedded), and from ../shared/data when present BRATS 2015 pat0006 (FLAIR, T1c) and BraTS 2018 2013_11 and
 TCIA03_265 (T1, T1c, T2, FLAIR; two sites, raw scanner intensities). For each volume a slab through the tumour
 is degraded (4x and 2x in-plane by k-space cropping, 4x through-plane by averaging slices), upscaled by every
 method, and scored inside the head
-(PSNR and slice-wise SSIM with the whole reference volume's head intensity range as data range, HFEN).
-Writes ``sr_results.json`` and ``sr_table.md`` into ``--out``; docs/benchmarks.md quotes them with date,
-machine and command.
+(PSNR and slice-wise SSIM with the whole reference volume's head intensity range as data range, HFEN, the
+gradient-energy ratio to the reference: below 1 smoother, above 1 noisier; with several samples, the Spearman
+correlation of their std with the error of their mean). Writes ``sr_results.json`` and ``sr_table.md`` into
+``--out``; docs/benchmarks.md quotes them with date, machine and command. ``--validation CONFIG`` runs the same
+protocol on the config's validation volumes (``data.val``) instead, where defaults (method, steps, samples) are
+chosen: ``sr_validation.json`` and ``sr_validation.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddiffusion.eval.image import hfen, lpips_or_reason, psnr, ssim
+from meddiffusion.eval.image import (
+    gradient_energy_ratio,
+    hfen,
+    lpips_or_reason,
+    psnr,
+    ssim,
+    uncertainty_error_correlation,
+)
 from meddiffusion.io import load_image
 from meddiffusion.sample_data import embedded_case
 from meddiffusion.sr.degradation import degrade, low_res_affine
@@ -59,6 +70,21 @@ def held_out() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return volumes
 
 
+def validation_volumes(config_path: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The same, for a training config's validation volumes (``data.val``); the slab goes through the tumour of
+    the case's label where one lies beside the image (BraTS naming), else through the middle of the head."""
+    from meddiffusion.sr.train import load_sr_config
+
+    volumes = {}
+    for path in map(Path, load_sr_config(config_path).data.val):
+        image = load_image(path)
+        volume = image.data[0].numpy()
+        seg = path.parent / f"{path.parent.name}_seg.nii.gz"
+        label = load_image(seg, label=True).data[0].numpy() if seg.exists() else head_mask(volume).astype(np.uint8)
+        volumes[path.name.split(".")[0]] = (volume, image.affine, label)
+    return volumes
+
+
 def reference(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """A held-out volume as it is scored: shifted to >= 0 (magnitude images; some sets are z-scored), its head mask,
     and the head's intensity range of the whole volume (the data range of every slab cut from it)."""
@@ -82,12 +108,18 @@ def slab(label: np.ndarray, slices: int, crop: int | None = None) -> tuple[slice
     return (*xy, slice(z0, z0 + slices))
 
 
-def score(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float) -> dict[str, float]:
-    return {
+def score(
+    pred: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float, std: np.ndarray | None = None
+) -> dict[str, float]:
+    out = {
         "psnr": psnr(pred, ref, data_range, mask),
         "ssim": ssim(pred, ref, data_range, mask, slice_axis=2),
         "hfen": hfen(pred, ref, mask=mask),
+        "gradient_energy_ratio": gradient_energy_ratio(pred, ref, mask),
     }
+    if std is not None:
+        out["uncertainty_spearman"] = uncertainty_error_correlation(std, pred, ref, mask)
+    return out
 
 
 def methods(task: str, full: bool) -> list[tuple[str, dict]]:
@@ -112,7 +144,7 @@ def run(args: argparse.Namespace) -> dict:
     tasks = {"inplane4": (4, "inplane"), "inplane2": (2, "inplane"), "through4": (4, "through")}
     results: dict = {"tasks": {}, "lpips": None}
     weights = {m: str(Path(args.weights_dir) / f"sr-{m}") for m in ("diffusion", "unet")}
-    volumes = held_out()
+    volumes = validation_volumes(args.validation) if args.validation else held_out()
     if args.quick:
         volumes = dict(list(volumes.items())[:1])
     for name, (volume, affine, label) in volumes.items():
@@ -128,7 +160,7 @@ def run(args: argparse.Namespace) -> dict:
                 started = time.perf_counter()
                 out = pipeline.upscale(low, low_res_affine(affine, scale, axis), (1.0, 1.0, 1.0), options)
                 seconds = time.perf_counter() - started
-                entry = {**score(out.volume, ref, mask, data_range), "seconds": seconds}
+                entry = {**score(out.volume, ref, mask, data_range, out.std), "seconds": seconds}
                 results["tasks"].setdefault(task, {}).setdefault(row, {})[name] = entry
                 print(
                     f"{task:9s} {name:14s} {row:30s} {entry['psnr']:6.2f} dB  SSIM {entry['ssim']:.4f}  "
@@ -185,8 +217,10 @@ def table(results: dict) -> str:
         lines += [
             f"#### {titles[task]}: PSNR (dB) / SSIM, inside the head",
             "",
-            "| method | " + " | ".join(names) + " | mean PSNR | worst PSNR | mean SSIM | mean HFEN | s / slab |",
-            "|---" * (len(names) + 6) + "|",
+            "| method | "
+            + " | ".join(names)
+            + " | mean PSNR | worst PSNR | mean SSIM | mean HFEN | gradient energy / reference | s / slab |",
+            "|---" * (len(names) + 7) + "|",
         ]
         for row, per_volume in rows.items():
             p = [per_volume[n]["psnr"] for n in names]
@@ -196,6 +230,7 @@ def table(results: dict) -> str:
                 + " | ".join(cells)
                 + f" | **{np.mean(p):.2f}** | {np.min(p):.2f} | {np.mean([per_volume[n]['ssim'] for n in names]):.4f}"
                 f" | {np.mean([per_volume[n]['hfen'] for n in names]):.4f}"
+                f" | {np.mean([per_volume[n]['gradient_energy_ratio'] for n in names]):.2f}"
                 f" | {np.mean([per_volume[n]['seconds'] for n in names]):.1f} |"
             )
         lines.append("")
@@ -217,6 +252,7 @@ def main() -> None:
     parser.add_argument("--no-timing", dest="timing", action="store_false")
     parser.add_argument("--quick", action="store_true", help="one volume, few methods: a smoke test of the script")
     parser.add_argument("--only-timing", action="store_true", help="only the whole-volume timing (sr_timing.json)")
+    parser.add_argument("--validation", metavar="CONFIG", help="score a training config's validation volumes instead")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,8 +265,9 @@ def main() -> None:
     results = run(args)
     results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or ''}"
     results["wall_seconds"] = time.time() - started
-    (out / "sr_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "sr_table.md").write_text(table(results))
+    stem = "sr_validation" if args.validation else "sr_results"
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{stem.replace('results', 'table')}.md").write_text(table(results))
     print(table(results))
 
 

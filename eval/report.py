@@ -27,7 +27,7 @@ from meddiffusion.paths import image_suffix, strip_suffix
 from meddiffusion.plotting import save_figure, subplots
 
 SUMMARY_KEYS = {
-    "sr": ("psnr", "ssim", "nrmse", "hfen"),
+    "sr": ("psnr", "ssim", "nrmse", "hfen", "gradient_energy_ratio"),
     "seg": ("dice", "hd95", "sensitivity", "specificity", "precision", "WT_dice", "TC_dice", "ET_dice"),
 }
 

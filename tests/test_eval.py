@@ -11,7 +11,16 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from conftest import write_nifti
 from meddiffusion.app.cli import main
 from meddiffusion.errors import MeddiffError
-from meddiffusion.eval.image import LpipsUnavailable, hfen, lpips_distance, nrmse, psnr, ssim
+from meddiffusion.eval.image import (
+    LpipsUnavailable,
+    gradient_energy_ratio,
+    hfen,
+    lpips_distance,
+    nrmse,
+    psnr,
+    ssim,
+    uncertainty_error_correlation,
+)
 from meddiffusion.eval.report import compare_csv, evaluate_folders
 from meddiffusion.eval.segmentation import EMPTY_HD95, binary_metrics, evaluate_segmentation, lesion_detection
 from meddiffusion.eval.stats import paired_comparison
@@ -56,6 +65,29 @@ def test_hfen_is_zero_for_identity_and_ignores_constant_offsets(real_slices):
     assert hfen(ref, ref) == 0.0
     assert hfen(ref + 50.0, ref) < 1e-2  # LoG removes a constant (up to its truncated kernel)
     assert hfen(noisy, ref) > 0.1
+
+
+def test_gradient_energy_ratio_says_smoother_or_noisier_than_the_reference(real_slices):
+    from scipy import ndimage
+
+    ref = real_slices[0]
+    mask = ref > ref.mean()
+    assert gradient_energy_ratio(ref, ref, mask) == 1.0
+    assert gradient_energy_ratio(ref + 100.0, ref, mask) == pytest.approx(1.0)  # an offset has no gradient
+    assert gradient_energy_ratio(2 * ref, ref, mask) == pytest.approx(4.0)
+    assert gradient_energy_ratio(ndimage.gaussian_filter(ref, 1.5), ref, mask) < 0.6  # a regression-like blur
+    noisy = ref + np.random.default_rng(0).normal(0, ref.std() / 4, ref.shape)
+    assert gradient_energy_ratio(noisy, ref, mask) > 1.5
+
+
+def test_uncertainty_that_marks_the_errors_correlates_with_them(real_slices):
+    ref = real_slices[0]
+    mask = ref > ref.mean()
+    error = np.random.default_rng(0).normal(0, 1, ref.shape) * np.linspace(0, 50, ref.shape[1])[None, :]
+    pred = ref + error
+    assert uncertainty_error_correlation(np.abs(error), pred, ref, mask) == pytest.approx(1.0)
+    unrelated = np.random.default_rng(1).random(ref.shape)
+    assert abs(uncertainty_error_correlation(unrelated, pred, ref, mask)) < 0.05
 
 
 def test_lpips_is_reported_unavailable_rather_than_invented(real_slices):
