@@ -55,16 +55,22 @@ def run_cell(config, pretrained: Path, arm: str, ids: list[str], test_ids: list[
 
 
 def summarise(rows: list[dict], sizes: list[str]) -> dict:
+    from scipy import stats
+
     from meddiffusion.errors import MeddiffError
     from meddiffusion.eval.stats import paired_comparison
 
-    out: dict = {"mean": {}, "fraction_of_all": {}, "pretrained_minus_scratch": {}}
+    out: dict = {"mean": {}, "wt_ci95": {}, "fraction_of_all": {}, "pretrained_minus_scratch": {}}
+    out["patients"] = len({r["case_id"] for r in rows})
     for arm in ARMS:
         for size in sizes:
             cell = [r for r in rows if r["arm"] == arm and r["labels"] == size]
             if cell:
                 means = {m: float(np.nanmean([r[f"{m}_dice"] for r in cell])) for m in ("WT", "TC", "ET")}
                 out["mean"][f"{arm}/{size}"] = means
+                wt = [r["WT_dice"] for r in cell]  # one held-out patient each
+                half = stats.t.ppf(0.975, len(wt) - 1) * stats.sem(wt) if len(wt) > 1 else float("nan")
+                out["wt_ci95"][f"{arm}/{size}"] = [means["WT"] - half, means["WT"] + half]
     for key, value in out["mean"].items():
         arm = key.split("/")[0]
         if f"{arm}/all" in out["mean"]:
@@ -89,12 +95,16 @@ def plot(summary: dict, sizes: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for arm in ARMS:
+    for k, arm in enumerate(ARMS):
         xs = [s for s in sizes if f"{arm}/{s}" in summary["mean"]]
-        ax.plot(range(len(xs)), [summary["mean"][f"{arm}/{s}"]["WT"] for s in xs], marker="o", label=arm)
+        means = np.array([summary["mean"][f"{arm}/{s}"]["WT"] for s in xs])
+        lo, hi = np.array([summary["wt_ci95"][f"{arm}/{s}"] for s in xs]).T
+        x = np.arange(len(xs)) + (k - 0.5) * 0.08  # side by side, so the intervals do not hide each other
+        ax.errorbar(x, means, yerr=[means - lo, hi - means], marker="o", capsize=3, label=arm)
         ax.set_xticks(range(len(xs)), xs)
     ax.set_xlabel("labelled training cases")
     ax.set_ylabel("whole-tumour Dice (held-out cases)")
+    ax.set_title(f"mean and 95 % t-interval over {summary['patients']} held-out patients", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
