@@ -4,7 +4,8 @@
     python benchmarks/seg_nnunet.py prepare --work ~/meddiff-runs/nnunet
     python benchmarks/seg_nnunet.py run --work ~/meddiff-runs/nnunet --budget-from ~/meddiff-runs/seg-cv/full \
         --batch-size 8
-    python benchmarks/seg_nnunet.py score --work ~/meddiff-runs/nnunet --batch-size 8 --out docs/benchmarks
+    python benchmarks/seg_nnunet.py score --work ~/meddiff-runs/nnunet --batch-size 8 --out docs/benchmarks \
+        --budget-from ~/meddiff-runs/seg-cv/full                      # and the paired comparison with it
 
 ``prepare`` writes the cases of ``configs/seg_cases.csv`` (labels mapped to BraTS 2021 by the toolkit's own data
 layer) as nnU-Net raw data set 501 with nnU-Net's BraTS conventions: four channels (FLAIR, T1, T1ce, T2; a
@@ -39,6 +40,7 @@ from meddiffusion.data.splits import kfold_splits
 from meddiffusion.eval.cases import reference_label
 from meddiffusion.eval.report import write_csv
 from meddiffusion.eval.segmentation import evaluate_segmentation
+from meddiffusion.eval.stats import paired_comparison
 from meddiffusion.io import modality_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +151,7 @@ def run(work: Path, venv: Path, folds: list[int], budget_from: Path, batch_size:
         timing_file.write_text(json.dumps(timing, indent=2) + "\n")
 
 
-def score(work: Path, out: Path, batch_size: int | None) -> None:
+def score(work: Path, out: Path, batch_size: int | None, against: Path | None) -> None:
     cases = {c.case_id: c for c in read_dataset(CASES) if c.label is not None}
     splits = json.loads((work / "splits_final.json").read_text())
     configuration = "2d" if batch_size is None else f"2d_b{batch_size}"
@@ -169,6 +171,26 @@ def score(work: Path, out: Path, batch_size: int | None) -> None:
     for region in ("WT", "TC", "ET"):
         values = [r[f"{region}_dice"] for r in rows]
         print(f"nnU-Net {region} Dice {np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} over {len(values)} cases")
+    if against is not None:
+        compare(rows, against, work / f"train_seconds_{configuration}.json", out / "seg_nnunet_vs_toolkit.json")
+
+
+def compare(rows: list[dict], against: Path, timing: Path, path: Path) -> None:
+    """nnU-Net minus the toolkit's variant (``seg ablate`` folder) on the patients both have scored, paired by
+    patient (t-interval, Wilcoxon, d_z), with each fold's training budget."""
+    ours = {
+        r["case_id"]: r for fold in sorted(against.glob("fold*/metrics.json")) for r in json.loads(fold.read_text())
+    }
+    theirs = {r["case_id"]: r for r in rows}
+    common = sorted(set(ours) & set(theirs))
+    result = {"patients": common, "budget": json.loads(timing.read_text()) if timing.exists() else None}
+    for metric in ("WT_dice", "TC_dice", "ET_dice", "WT_hd95", "TC_hd95", "ET_hd95"):
+        a, b = [ours[c][metric] for c in common], [theirs[c][metric] for c in common]
+        result[metric] = {"toolkit": float(np.nanmean(a)), "nnunet": float(np.nanmean(b))}
+        if len(common) >= 2:
+            result[metric]["nnunet_minus_toolkit"] = paired_comparison(a, b)
+        print(f"{metric}: toolkit {np.nanmean(a):.3f}, nnU-Net {np.nanmean(b):.3f} ({len(common)} patients)")
+    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
 
 
 def main() -> None:
@@ -178,7 +200,9 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=Path.home() / "venvs" / "nnunet")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument(
-        "--budget-from", type=Path, help="`seg ablate` variant folder whose per-fold training time nnU-Net gets"
+        "--budget-from",
+        type=Path,
+        help="`seg ablate` variant folder: run gives nnU-Net its per-fold training time; score compares with it",
     )
     parser.add_argument("--batch-size", type=int, help="instead of the planned one (a GPU's memory sets nnU-Net's)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
@@ -190,7 +214,7 @@ def main() -> None:
             parser.error("run needs --budget-from")
         run(args.work, args.venv, args.folds, args.budget_from, args.batch_size)
     else:
-        score(args.work, args.out, args.batch_size)
+        score(args.work, args.out, args.batch_size, args.budget_from)
 
 
 if __name__ == "__main__":
