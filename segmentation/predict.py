@@ -132,7 +132,7 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str = "cpu") -> Segmenter:
-        """Load a weights folder (default: the shipped ``seg-dualpath``)."""
+        """Load a weights folder or shipped weights by name (default: the shipped ``seg-dualpath``)."""
         folder = weights_folder(folder or SHIPPED)
         model, config = load_weights(folder, "segmentation", build_from_weights_config, device)
         return cls(model, config, folder)

@@ -72,7 +72,7 @@ class LesionSynthesizer:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str = "cpu") -> LesionSynthesizer:
-        """Load a weights folder written by ``synth train`` (default: the shipped ``synth-inpaint``)."""
+        """Load a weights folder written by ``synth train``, or shipped weights by name (default: ``synth-inpaint``)."""
         folder = weights_folder(folder or SHIPPED)
         model, config = load_weights(folder, "synth", build_diffusion_network, check_device(device))
         return cls(model, config, folder, device)
