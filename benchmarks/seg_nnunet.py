@@ -103,12 +103,16 @@ def _budget(run_dir: Path, fold: int) -> float:
         return float(list(csv.DictReader(handle))[-1]["elapsed_s"])
 
 
+def _configuration_name(batch_size: int | None) -> str:
+    return "2d" if batch_size is None else f"2d_b{batch_size}"
+
+
 def _configuration(preprocessed: Path, batch_size: int | None) -> str:
     """nnU-Net's 2D configuration, or one that inherits it with another batch size (nnU-Net's documented way to
     change a planned value; the preprocessed data are shared)."""
+    name = _configuration_name(batch_size)
     if batch_size is None:
-        return "2d"
-    name = f"2d_b{batch_size}"
+        return name
     plans_file = preprocessed / "nnUNetPlans.json"
     plans = json.loads(plans_file.read_text())
     if name not in plans["configurations"]:
@@ -154,7 +158,7 @@ def run(work: Path, venv: Path, folds: list[int], budget_from: Path, batch_size:
 def score(work: Path, out: Path, batch_size: int | None, against: Path | None) -> None:
     cases = {c.case_id: c for c in read_dataset(CASES) if c.label is not None}
     splits = json.loads((work / "splits_final.json").read_text())
-    configuration = "2d" if batch_size is None else f"2d_b{batch_size}"
+    configuration = _configuration_name(batch_size)
     rows = []
     for fold, split in enumerate(splits):
         for case_id in split["val"]:
