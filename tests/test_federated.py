@@ -85,10 +85,10 @@ def test_the_local_objective_adds_exactly_lambda_times_the_squared_norm():
     squared = sum(float((p.detach().double() ** 2).sum()) for p in model.parameters())
     assert float(regularised(loss, model, l2=0.01).detach()) == pytest.approx(0.7 + 0.01 * squared, rel=1e-6)
     anchor = [p.detach().clone() for p in model.parameters()]
-    assert float(regularised(loss, model, 0.0, proximal=5.0, anchor=anchor)) == pytest.approx(0.7)
+    assert float(regularised(loss, model, 0.0, proximal=5.0, anchor=anchor).detach()) == pytest.approx(0.7)
     shifted = [a - 0.1 for a in anchor]
     n = sum(p.numel() for p in model.parameters())
-    assert float(regularised(loss, model, 0.0, 5.0, shifted)) == pytest.approx(0.7 + 2.5 * n * 0.01, rel=1e-5)
+    assert float(regularised(loss, model, 0.0, 5.0, shifted).detach()) == pytest.approx(0.7 + 2.5 * n * 0.01, rel=1e-5)
 
 
 def test_harmonisation_puts_a_sites_landmarks_on_the_common_scale():
