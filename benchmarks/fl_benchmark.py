@@ -63,12 +63,13 @@ def train_on(config, sites: list[str], steps: int, out: Path) -> Path:
 def score(weights: Path, config, sites: list[str], out: Path, landmarks: dict | None = None) -> list[dict]:
     """Per-case metrics of one model on the named sites' test cases (site landmarks for a harmonised model)."""
     from meddiffusion.eval.cases import evaluate_cases
+    from meddiffusion.io import read_rows
     from meddiffusion.segmentation.federated import site_cases
     from meddiffusion.segmentation.predict import Segmenter
 
     done = out / "scores.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return read_rows(done)
     segmenter = Segmenter.from_pretrained(weights)
     rows = []
     for site in sites:

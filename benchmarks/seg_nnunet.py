@@ -189,7 +189,8 @@ def compare(rows: list[dict], against: Path, timing: Path, path: Path) -> None:
     common = sorted(set(ours) & set(theirs))
     result = {"patients": common, "budget": json.loads(timing.read_text()) if timing.exists() else None}
     for metric in ("WT_dice", "TC_dice", "ET_dice", "WT_hd95", "TC_hd95", "ET_hd95"):
-        a, b = [ours[c][metric] for c in common], [theirs[c][metric] for c in common]
+        a = [np.nan if ours[c][metric] is None else ours[c][metric] for c in common]  # JSON null = NaN
+        b = [theirs[c][metric] for c in common]
         result[metric] = {"toolkit": float(np.nanmean(a)), "nnunet": float(np.nanmean(b))}
         if len(common) >= 2:
             result[metric]["nnunet_minus_toolkit"] = paired_comparison(a, b)

@@ -35,14 +35,14 @@ def subsets(train_ids: list[str], sizes: list[str], seed: int) -> dict[str, list
 def run_cell(config, pretrained: Path, arm: str, ids: list[str], test_ids: list[str], cases, run: Path) -> list[dict]:
     from meddiffusion.app.ablation import with_overrides
     from meddiffusion.eval.cases import evaluate_cases
-    from meddiffusion.io import write_json
+    from meddiffusion.io import read_rows, write_json
     from meddiffusion.segmentation.predict import Segmenter
     from meddiffusion.segmentation.train import run_training
     from meddiffusion.weights import WEIGHTS_FILE
 
     done = run / "metrics.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return read_rows(done)
     cell = with_overrides(config, {"init": str(pretrained) if arm == "pretrained" else None})
     cell.data.exclude_cases = [c for c in cases if c not in ids]
     cell.data.val_cases = []

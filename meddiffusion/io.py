@@ -7,6 +7,8 @@ module adds is validation with errors a user can act on, atomic writes, and prov
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 import warnings
@@ -181,6 +183,12 @@ def write_json(payload: Mapping[str, Any] | list, path: str | Path, force: bool 
     path = check_output(path, force)
     text = json_text(payload)
     return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"), suffix=".json")
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Per-case rows written by ``write_json``: JSON holds NaN as null, read back as NaN, so rows loaded from a
+    finished run (a resumed benchmark) summarise exactly like rows just computed."""
+    return [{k: math.nan if v is None else v for k, v in row.items()} for row in json.loads(Path(path).read_text())]
 
 
 def write_text(text: str, path: str | Path, force: bool = False) -> Path:

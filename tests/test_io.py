@@ -7,7 +7,7 @@ from conftest import write_nifti
 from meddiffusion.app.cli import main
 from meddiffusion.errors import MeddiffError
 from meddiffusion.info import describe
-from meddiffusion.io import load_image, load_subject, save_image, save_nifti
+from meddiffusion.io import load_image, load_subject, read_rows, save_image, save_nifti, write_json
 
 
 def test_mha_and_nifti_read_with_world_geometry(case_paths, real_crop):
@@ -134,3 +134,14 @@ def test_info_lists_labels_with_volumes(case_paths):
     # voxel counts from the data set's README; 1 mm^3 voxels
     assert info["labels"][1] == {"voxels": 108706, "volume_ml": pytest.approx(108.706)}
     assert info["labels"][2]["voxels"] == 72310
+
+
+def test_rows_read_back_from_json_carry_nan_where_they_were_written(tmp_path):
+    """JSON has no NaN (written as null): rows of a finished fold read back with NaN, as freshly computed rows are,
+    so summaries of a continued run work (a null once crashed the ablation summary)."""
+    import math
+
+    write_json([{"case_id": "a", "ET_hd95": float("nan"), "WT_dice": 0.5}], tmp_path / "m.json")
+    assert "null" in (tmp_path / "m.json").read_text()
+    (row,) = read_rows(tmp_path / "m.json")
+    assert row["case_id"] == "a" and row["WT_dice"] == 0.5 and math.isnan(row["ET_hd95"])

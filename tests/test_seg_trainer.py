@@ -267,7 +267,8 @@ def test_postprocess_drops_small_isolated_components_and_is_idempotent():
 
 def test_cross_validation_runs_end_to_end_with_the_region_recipe(real_crop, tmp_path):
     """``seg ablate``'s path on three real-derived cases (mirrored crops), two folds, the learned model and the
-    FLAIR floor: every held-out case is predicted on its grid and scored, and the summary has both variants."""
+    FLAIR floor: every held-out case is predicted on its grid and scored, and the summary has both variants; one
+    fold can be run first, and the next call keeps it and runs the other."""
     from meddiffusion.app.ablation import cross_validate
 
     rows = ["case_id,flair,t1,t1ce,t2,label,convention"]
@@ -283,7 +284,11 @@ def test_cross_validation_runs_end_to_end_with_the_region_recipe(real_crop, tmp_
     data = tmp_path / "cases.csv"
     data.write_text("\n".join(rows) + "\n")
     config = _config(data, steps=2, **{"data.val_cases": ["case0"], "data.optional_modalities": ["t1", "t2"]})
-    result = cross_validate(config, tmp_path / "cv", ["full", "floor"], folds=2)
+    first = cross_validate(config, tmp_path / "cv", ["full", "floor"], folds=2, run_folds=[1])
+    assert {r["fold"] for r in first} == {1} and not (tmp_path / "cv" / "full" / "fold0").exists()
+    result = cross_validate(config, tmp_path / "cv", ["full", "floor"], folds=2)  # fold 1 kept, fold 0 run
+    kept = [(r["variant"], r["case_id"], r["WT_dice"]) for r in result if r["fold"] == 1]
+    assert kept == [(r["variant"], r["case_id"], r["WT_dice"]) for r in first]
     assert sorted({r["case_id"] for r in result if r["variant"] == "full"}) == ["case0", "case1", "case2"]
     assert all(0.0 <= r["WT_dice"] <= 1.0 for r in result)
     assert (tmp_path / "cv" / "full" / "fold0" / "pred").is_dir()

@@ -4,13 +4,14 @@ Each variant is the base config plus a few overrides (the ablations of the propo
 each fold trains on the other folds' cases and predicts its own on their original grid; the evaluation
 package scores every held-out case (Dice, HD95, sensitivity, specificity of WT / TC / ET), and paired tests
 compare every variant with the full model. The FLAIR-threshold floor is fitted on the same training folds.
-Finished folds are kept: re-running the command continues where it stopped.
+Finished folds are kept: re-running the command continues where it stopped. ``run_folds`` trains only those folds
+now (as nnU-Net trains one fold per call, e.g. to pair each fold with a peer's run); folds finished earlier still
+count in the rows returned.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.cases import METRICS, evaluate_cases, reference_label
 from meddiffusion.eval.report import write_csv
 from meddiffusion.eval.stats import paired_comparison
-from meddiffusion.io import write_json
+from meddiffusion.io import read_rows, write_json
 from meddiffusion.provenance import provenance
 from meddiffusion.segmentation.predict import Segmenter, postprocess
 from meddiffusion.segmentation.threshold import fit_threshold, predict_threshold
@@ -41,12 +42,20 @@ def with_overrides(config: SegTrainConfig, overrides: dict[str, Any]) -> SegTrai
 
 
 def cross_validate(
-    config: SegTrainConfig, out: str | Path, variants: Sequence[str], folds: int = 5, seed: int = 0
+    config: SegTrainConfig,
+    out: str | Path,
+    variants: Sequence[str],
+    folds: int = 5,
+    seed: int = 0,
+    run_folds: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or continue) every variant on every fold; returns the per-case rows (also in ``out``)."""
+    """Run (or continue) every variant on every fold, or on ``run_folds`` only; returns the per-case rows of every
+    finished fold (also in ``out``)."""
     out = Path(out)
     if unknown := [v for v in variants if v not in VARIANTS]:
         raise MeddiffError(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(VARIANTS)}")
+    if run_folds is not None and (outside := [f for f in run_folds if not 0 <= f < folds]):
+        raise MeddiffError(f"fold(s) {', '.join(map(str, outside))} outside 0-{folds - 1}")
     cases = {c.case_id: c for c in read_dataset(config.data.data, config.data.layout) if c.label is not None}
     splits = kfold_splits(sorted(cases), folds, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +63,10 @@ def cross_validate(
     rows = []
     for variant in variants:
         for fold, (train_ids, test_ids) in enumerate(splits):
-            rows.extend(_fold(config, variant, fold, train_ids, test_ids, cases, out / variant / f"fold{fold}"))
+            run = out / variant / f"fold{fold}"
+            if run_folds is not None and fold not in run_folds and not (run / "metrics.json").exists():
+                continue  # left for a later call
+            rows.extend(_fold(config, variant, fold, train_ids, test_ids, cases, run))
     write_csv(rows, out / "per_case.csv")
     return rows
 
@@ -62,7 +74,7 @@ def cross_validate(
 def _fold(config, variant, fold, train_ids, test_ids, cases, run: Path) -> list[dict[str, Any]]:
     done = run / "metrics.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return read_rows(done)
     modalities = config.data.modalities
     if variant == "floor":
         flairs, tumours = [], []

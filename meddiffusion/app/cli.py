@@ -247,10 +247,14 @@ def _seg_ablate(args: argparse.Namespace) -> int:
     summary = Path(args.out) / "summary.md"
     if Path(args.out).is_dir():  # an interrupted run continues; a finished one is redone only with --force
         check_output(summary, args.force)
-    rows = cross_validate(_seg_config(args), args.out, args.variants, args.folds, args.seed)
+    rows = cross_validate(_seg_config(args), args.out, args.variants, args.folds, args.seed, args.run_folds)
     table = summary_table(rows)
-    write_text(table, summary, force=True)
     print(table)
+    finished, total = len({(r["variant"], r["fold"]) for r in rows}), len(args.variants) * args.folds
+    if finished < total:  # the summary is written once, when every fold is in
+        print(f"{finished} of {total} variant folds finished; {summary} is written with the last")
+        return 0
+    write_text(table, summary, force=True)
     return 0
 
 
@@ -476,6 +480,9 @@ def _add_seg(commands) -> None:
     data_flags(ablate, data_required=True)
     ablate.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ablate.add_argument("--folds", type=int, default=5)
+    ablate.add_argument(
+        "--fold", type=int, nargs="+", dest="run_folds", help="train only these folds now (0-based); run again for more"
+    )
     ablate.add_argument("--seed", type=int, default=0)
     ablate.add_argument("--force", action="store_true", help="redo the summary of a finished run")
     ablate.set_defaults(handler=_seg_ablate)

@@ -33,7 +33,7 @@ from meddiffusion.eval.cases import evaluate_cases, reference_label
 from meddiffusion.eval.report import box_plot, example_plot, write_csv
 from meddiffusion.eval.segmentation import LESION_BINS_ML
 from meddiffusion.eval.stats import paired_comparison
-from meddiffusion.io import check_output, modality_names, save_nifti, write_json, write_text
+from meddiffusion.io import check_output, modality_names, read_rows, save_nifti, write_json, write_text
 from meddiffusion.provenance import code_version, file_sha256
 from meddiffusion.segmentation.predict import Segmenter
 from meddiffusion.segmentation.train import load_seg_config
@@ -179,7 +179,7 @@ def _section(overrides: dict[str, Any], prefix: str) -> dict[str, Any]:
 def _arm(base, arm, seed, synthetic, cases, test_ids, run: Path) -> list[dict]:
     done = run / "metrics.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return read_rows(done)
     changes: dict[str, Any] = {"seed": seed}
     if arm != REAL:
         changes.update({"data.synthetic": [str(synthetic)], "data.synthetic_ratio": float(arm.split("@")[1])})
