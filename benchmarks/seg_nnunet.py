@@ -41,7 +41,7 @@ from meddiffusion.eval.cases import reference_label
 from meddiffusion.eval.report import write_csv
 from meddiffusion.eval.segmentation import evaluate_segmentation
 from meddiffusion.eval.stats import paired_comparison
-from meddiffusion.io import modality_names
+from meddiffusion.io import modality_names, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "configs" / "seg_cases.csv"
@@ -182,15 +182,12 @@ def score(work: Path, out: Path, batch_size: int | None, against: Path | None) -
 def compare(rows: list[dict], against: Path, timing: Path, path: Path) -> None:
     """nnU-Net minus the toolkit's variant (``seg ablate`` folder) on the patients both have scored, paired by
     patient (t-interval, Wilcoxon, d_z), with each fold's training budget."""
-    ours = {
-        r["case_id"]: r for fold in sorted(against.glob("fold*/metrics.json")) for r in json.loads(fold.read_text())
-    }
+    ours = {r["case_id"]: r for fold in sorted(against.glob("fold*/metrics.json")) for r in read_rows(fold)}
     theirs = {r["case_id"]: r for r in rows}
     common = sorted(set(ours) & set(theirs))
     result = {"patients": common, "budget": json.loads(timing.read_text()) if timing.exists() else None}
     for metric in ("WT_dice", "TC_dice", "ET_dice", "WT_hd95", "TC_hd95", "ET_hd95"):
-        a = [np.nan if ours[c][metric] is None else ours[c][metric] for c in common]  # JSON null = NaN
-        b = [theirs[c][metric] for c in common]
+        a, b = [ours[c][metric] for c in common], [theirs[c][metric] for c in common]
         result[metric] = {"toolkit": float(np.nanmean(a)), "nnunet": float(np.nanmean(b))}
         if len(common) >= 2:
             result[metric]["nnunet_minus_toolkit"] = paired_comparison(a, b)

@@ -72,15 +72,21 @@ def held_out() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 def validation_volumes(config_path: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The same, for a training config's validation volumes (``data.val``); the slab goes through the tumour of
-    the case's label where one lies beside the image (BraTS naming), else through the middle of the head."""
+    the case's label where the image lies in a labelled case folder (``read_case``), else through the middle of the
+    head."""
+    from meddiffusion.data.layouts import read_case
+    from meddiffusion.errors import MeddiffError
     from meddiffusion.sr.train import load_sr_config
 
     volumes = {}
     for path in map(Path, load_sr_config(config_path).data.val):
         image = load_image(path)
         volume = image.data[0].numpy()
-        seg = path.parent / f"{path.parent.name}_seg.nii.gz"
-        label = load_image(seg, label=True).data[0].numpy() if seg.exists() else head_mask(volume).astype(np.uint8)
+        try:
+            seg = read_case(path.parent).label
+        except MeddiffError:  # not a case folder
+            seg = None
+        label = load_image(seg, label=True).data[0].numpy() if seg else head_mask(volume).astype(np.uint8)
         volumes[path.name.split(".")[0]] = (volume, image.affine, label)
     return volumes
 
@@ -265,9 +271,11 @@ def main() -> None:
     results = run(args)
     results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or ''}"
     results["wall_seconds"] = time.time() - started
-    stem = "sr_validation" if args.validation else "sr_results"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{stem.replace('results', 'table')}.md").write_text(table(results))
+    json_name, table_name = (
+        ("sr_validation.json", "sr_validation.md") if args.validation else ("sr_results.json", "sr_table.md")
+    )
+    (out / json_name).write_text(json.dumps(results, indent=2) + "\n")
+    (out / table_name).write_text(table(results))
     print(table(results))
 
 
