@@ -55,10 +55,8 @@ def run_cell(config, pretrained: Path, arm: str, ids: list[str], test_ids: list[
 
 
 def summarise(rows: list[dict], sizes: list[str]) -> dict:
-    from scipy import stats
-
     from meddiffusion.errors import MeddiffError
-    from meddiffusion.eval.stats import paired_comparison
+    from meddiffusion.eval.stats import paired_comparison, t_interval
 
     out: dict = {"mean": {}, "wt_ci95": {}, "fraction_of_all": {}, "pretrained_minus_scratch": {}}
     out["patients"] = len({r["case_id"] for r in rows})
@@ -69,8 +67,7 @@ def summarise(rows: list[dict], sizes: list[str]) -> dict:
                 means = {m: float(np.nanmean([r[f"{m}_dice"] for r in cell])) for m in ("WT", "TC", "ET")}
                 out["mean"][f"{arm}/{size}"] = means
                 wt = [r["WT_dice"] for r in cell]  # one held-out patient each
-                half = stats.t.ppf(0.975, len(wt) - 1) * stats.sem(wt) if len(wt) > 1 else float("nan")
-                out["wt_ci95"][f"{arm}/{size}"] = [means["WT"] - half, means["WT"] + half]
+                out["wt_ci95"][f"{arm}/{size}"] = list(t_interval(wt)) if len(wt) > 1 else [np.nan, np.nan]
     for key, value in out["mean"].items():
         arm = key.split("/")[0]
         if f"{arm}/all" in out["mean"]:

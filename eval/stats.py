@@ -18,6 +18,13 @@ from meddiffusion.errors import MeddiffError
 MIN_BOOTSTRAP = 15
 
 
+def t_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Student's 95 % t-interval of the mean of ``values`` (one per patient; at least 2)."""
+    values = np.asarray(values, dtype=float)
+    half = float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size))
+    return float(values.mean() - half), float(values.mean() + half)
+
+
 def paired_comparison(a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0) -> dict[str, float]:
     """Compare paired scores ``a`` and ``b`` (difference = b - a), one pair per patient.
 
@@ -34,15 +41,15 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], n_boot: int = 10_0
     if n < 2:
         raise MeddiffError(f"paired comparison needs at least 2 cases with finite values, got {n}")
     sd = float(diff.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n))
+    low, high = t_interval(diff)
     out = {
         "n": n,
         "n_dropped": int((~keep).sum()),
         "mean_a": float(a[keep].mean()),
         "mean_b": float(b[keep].mean()),
         "mean_diff": float(diff.mean()),
-        "ci95_low": float(diff.mean() - half),
-        "ci95_high": float(diff.mean() + half),
+        "ci95_low": low,
+        "ci95_high": high,
         "t_pvalue": float(stats.ttest_rel(b[keep], a[keep]).pvalue) if sd > 0 else float("nan"),
         "wilcoxon_pvalue": float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0,
         "cohens_dz": float(diff.mean() / sd) if sd > 0 else float("nan"),
