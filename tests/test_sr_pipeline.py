@@ -13,10 +13,28 @@ from meddiffusion.diffusion import ConditionalUNet, NetworkConfig
 from meddiffusion.io import load_image
 from meddiffusion.paths import PRETRAINED
 from meddiffusion.sr.degradation import degrade, low_res_affine
-from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions
+from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions, normalised_input
+from meddiffusion.transforms import PERCENTILES, denormalise, signal_mask
 from meddiffusion.weights import save_weights
 
 SHIPPED = (PRETRAINED / "sr-diffusion" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("zscored", [False, True])
+def test_normalisation_round_trips_real_intensities_exactly(real_crop, zscored):
+    """What the networks see maps back to the input's own scale: the head's robust percentiles go to 0 and 1, and
+    denormalising plus the shift gives the input back (raw scanner values, and z-scored sets with a negative
+    background)."""
+    for name in ("flair", "t1ce", "t2"):
+        volume = load_image(real_crop[name]).data[0].numpy().astype(np.float32)
+        if zscored:
+            volume = (volume - volume.mean()) / volume.std()
+        low, intensity, shift = normalised_input(volume)
+        assert shift == min(float(volume.min()), 0.0)
+        head = low[signal_mask(volume - shift)]
+        assert np.allclose(np.percentile(head, PERCENTILES), [0.0, 1.0], atol=1e-5)
+        back = denormalise(low, intensity) + shift
+        assert np.allclose(back, volume, rtol=0, atol=1e-5 * float(np.abs(volume).max()))
 
 
 @pytest.fixture(scope="module")
