@@ -31,12 +31,13 @@ PAT0006 = ROOT.parent / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_
 def cross_validation(runs: Path, steps: int, folds: int, out: Path, finished_only: bool) -> None:
     from meddiffusion.app.ablation import cross_validate, summary_table
     from meddiffusion.eval.report import write_csv
+    from meddiffusion.io import read_rows
     from meddiffusion.segmentation.train import load_seg_config
     from meddiffusion.segmentation.variants import VARIANTS
 
     config = load_seg_config(CONFIG, {"train.steps": steps})
     if finished_only:  # report the folds that have finished, train nothing
-        rows = [r for path in sorted(runs.glob("*/fold*/metrics.json")) for r in json.loads(path.read_text())]
+        rows = [r for path in sorted(runs.glob("*/fold*/metrics.json")) for r in read_rows(path)]
         rows.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["fold"]))
     else:
         rows = cross_validate(config, runs, list(VARIANTS), folds)
