@@ -111,8 +111,7 @@ def inference_settings(weights: Path, data: Path, cases: list[str], out: Path) -
     import torch
 
     from meddiffusion.data.layouts import read_dataset
-    from meddiffusion.eval.cases import reference_label
-    from meddiffusion.eval.segmentation import evaluate_segmentation
+    from meddiffusion.eval.cases import reference_label, score_case
     from meddiffusion.segmentation.predict import Segmenter
 
     torch.set_num_threads(2)
@@ -127,7 +126,7 @@ def inference_settings(weights: Path, data: Path, cases: list[str], out: Path) -
             started = time.perf_counter()
             pred = segmenter.predict(subject)
             seconds = time.perf_counter() - started
-            metrics = evaluate_segmentation(pred, label, tuple(subject[segmenter.modalities[0]].spacing), "brats2021")
+            metrics = score_case(pred, label, tuple(subject[segmenter.modalities[0]].spacing), by_id[case_id])
             rows.append(
                 {
                     "case_id": case_id,

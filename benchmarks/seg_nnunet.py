@@ -37,9 +37,8 @@ import numpy as np
 
 from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.splits import kfold_splits
-from meddiffusion.eval.cases import reference_label
+from meddiffusion.eval.cases import reference_label, score_case
 from meddiffusion.eval.report import write_csv
-from meddiffusion.eval.segmentation import evaluate_segmentation
 from meddiffusion.eval.stats import paired_comparison
 from meddiffusion.io import modality_names, read_rows
 
@@ -168,12 +167,12 @@ def score(work: Path, out: Path, batch_size: int | None, against: Path | None) -
             subject, label = reference_label(cases[case_id], CHANNELS)
             pred = FROM_NNUNET[np.asarray(nib.load(path).dataobj).astype(np.int64)]
             spacing = tuple(subject[modality_names(subject)[0]].spacing)
-            metrics = evaluate_segmentation(pred, label, spacing, "brats2021")
+            metrics = score_case(pred, label, spacing, cases[case_id])
             rows.append({"variant": "nnunet", "fold": fold, "case_id": case_id, **metrics})
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "seg_nnunet_per_case.csv")
     for region in ("WT", "TC", "ET"):
-        values = [r[f"{region}_dice"] for r in rows]
+        values = [r[f"{region}_dice"] for r in rows if np.isfinite(r[f"{region}_dice"])]
         print(f"nnU-Net {region} Dice {np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} over {len(values)} cases")
     if against is not None:
         compare(rows, against, work / f"train_seconds_{configuration}.json", out / "seg_nnunet_vs_toolkit.json")

@@ -12,7 +12,7 @@ import numpy as np
 import torchio as tio
 from tqdm.auto import tqdm
 
-from meddiffusion.data.labels import to_brats2021
+from meddiffusion.data.labels import UNDELINEATED, to_brats2021
 from meddiffusion.data.layouts import CaseFiles
 from meddiffusion.eval.segmentation import LESION_BINS_ML, evaluate_segmentation
 from meddiffusion.io import LABEL_KEY, load_subject, modality_names, save_nifti
@@ -33,6 +33,15 @@ def reference_label(case: CaseFiles, modalities: Sequence[str]) -> tuple[tio.Sub
     return subject, label
 
 
+def score_case(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...], case: CaseFiles) -> dict[str, float]:
+    """Metrics of a prediction against the case's label (both BraTS 2021 numbers); the regions the case's own label
+    convention does not delineate (``UNDELINEATED``) are undefined (NaN) and drop out of means and paired tests."""
+    metrics = evaluate_segmentation(pred, label, spacing, "brats2021")
+    for region in UNDELINEATED.get(case.convention, ()):
+        metrics.update({k: float("nan") for k in metrics if k.startswith(f"{region}_")})
+    return metrics
+
+
 def evaluate_cases(
     predict: Callable[[tio.Subject], np.ndarray],
     cases: dict[str, CaseFiles],
@@ -44,15 +53,18 @@ def evaluate_cases(
     pred_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for case_id in tqdm(test_ids, desc="predict and score", leave=False):
-        subject, label = reference_label(cases[case_id], modalities)
-        rows.append({"case_id": case_id, **_save_and_score(predict(subject), subject, label, pred_dir)})
+        case = cases[case_id]
+        subject, label = reference_label(case, modalities)
+        rows.append({"case_id": case_id, **_save_and_score(predict(subject), subject, label, case, pred_dir)})
     return rows
 
 
-def _save_and_score(pred: np.ndarray, subject: tio.Subject, label: np.ndarray, pred_dir: Path) -> dict[str, float]:
+def _save_and_score(
+    pred: np.ndarray, subject: tio.Subject, label: np.ndarray, case: CaseFiles, pred_dir: Path
+) -> dict[str, float]:
     """Write the prediction beside the run and return its metrics (the table's columns)."""
     reference = subject[modality_names(subject)[0]]
     path = pred_dir / f"{subject['case_id']}.nii.gz"
     save_nifti(pred.astype(np.uint8), reference.affine, path, force=True, label=True)
-    metrics = evaluate_segmentation(pred, label, tuple(reference.spacing), "brats2021")
+    metrics = score_case(pred, label, tuple(reference.spacing), case)
     return {k: metrics[k] for k in (*METRICS, *LESION_METRICS)}

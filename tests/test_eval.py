@@ -10,7 +10,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import write_nifti
 from meddiffusion.app.cli import main
+from meddiffusion.data.labels import to_brats2021
+from meddiffusion.data.layouts import CaseFiles
 from meddiffusion.errors import MeddiffError
+from meddiffusion.eval.cases import score_case
 from meddiffusion.eval.image import (
     LpipsUnavailable,
     gradient_energy_ratio,
@@ -157,6 +160,25 @@ def test_confusion_rates_and_regions():
         evaluate_segmentation(pred + 0.5, ref, (1, 1, 1))
     with pytest.raises(MeddiffError, match="shape"):
         evaluate_segmentation(pred[:5], ref, (1, 1, 1))
+
+
+def test_a_region_the_cases_labels_do_not_delineate_is_undefined_not_missed():
+    """BRATS 2012 labels the whole core as one class: a correct enhancing-tumour prediction inside it must not
+    score ET Dice 0 (with HD95 at its empty-set maximum); WT and TC are scored as usual."""
+    ref_2012 = np.zeros((10, 10, 10), int)
+    ref_2012[:5] = 1  # oedema
+    ref_2012[:2] = 2  # core
+    ref = to_brats2021(ref_2012, "brats2012")
+    pred = ref.copy()
+    pred[:1] = 4  # enhancing rim predicted inside the core
+    scored = {
+        convention: score_case(pred, ref, (1, 1, 1), CaseFiles("c", {}, convention=convention))
+        for convention in ("brats2012", "brats2021")
+    }
+    assert all(np.isnan(v) for k, v in scored["brats2012"].items() if k.startswith("ET_"))
+    assert scored["brats2021"]["ET_dice"] == 0.0  # the same numbers from a convention with an ET class: a miss
+    for convention in scored:
+        assert scored[convention]["WT_dice"] == 1.0 and scored[convention]["TC_dice"] == 1.0
 
 
 def test_lesion_wise_detection_by_size():

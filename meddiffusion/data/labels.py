@@ -24,6 +24,9 @@ TO_BRATS2021: dict[str, dict[int, int]] = {
     "brats2015": {0: 0, 1: 1, 2: 2, 3: 1, 4: 4},
     "brats2012": {0: 0, 1: 2, 2: 1},
 }
+#: regions a convention's labels do not delineate: BRATS 2012 marks the whole core as one class (mapped to 1), so
+#: its enhancing part is unknown, not absent; scoring ET there would count every correct ET voxel as a false positive
+UNDELINEATED: dict[str, tuple[str, ...]] = {"brats2012": ("ET",)}
 
 
 def region_masks(label: np.ndarray, convention: str = "brats2021") -> dict[str, np.ndarray]:
