@@ -107,11 +107,13 @@ def _fold(config, variant, fold, train_ids, test_ids, cases, run: Path) -> list[
 
 
 def _mean_sd(values: Sequence[float]) -> str:
-    """Mean ± sd over the cases where the metric is defined (e.g. no ET sensitivity without an ET label)."""
+    """Mean ± sd over the cases where the metric is defined (e.g. no ET sensitivity without an ET label), with
+    their count where it is fewer than the row's cases, so a mean over fewer patients says so."""
     finite = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
     if finite.size == 0:
         return "–"
-    return f"{finite.mean():.3f} ± {finite.std(ddof=1) if finite.size > 1 else 0:.3f}"
+    cell = f"{finite.mean():.3f} ± {finite.std(ddof=1) if finite.size > 1 else 0:.3f}"
+    return cell if finite.size == len(values) else f"{cell} (n={finite.size})"
 
 
 def summary_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str:
