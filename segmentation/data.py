@@ -16,6 +16,7 @@ import torch
 import torchio as tio
 from torch.utils.data import Dataset
 
+from meddiffusion.data.prepare import UNDELINEATED_KEY
 from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, modality_names
@@ -70,7 +71,7 @@ class SegPatches(Dataset):
         if LABEL_KEY not in subject:
             raise MeddiffError(f"case {subject.get('case_id')} has no label map")
         channels = torch.stack([subject[m].data[0] for m in modality_names(subject)]).movedim(PLANE_AXIS + 1, 1)
-        label = labels_to_classes(subject[LABEL_KEY].data[0]).movedim(PLANE_AXIS, 0)
+        label = labels_to_classes(subject[LABEL_KEY].data[0], subject.get(UNDELINEATED_KEY, ())).movedim(PLANE_AXIS, 0)
         if not (label > 0).any():
             raise MeddiffError(f"case {subject.get('case_id')} has an empty label map")
         # background patches come from the brain, not the air around it

@@ -25,7 +25,14 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from meddiffusion.segmentation.coding import activate, check_coding, classes_to_regions, foreground
+from meddiffusion.segmentation.coding import (
+    CORE_ET_UNKNOWN,
+    activate,
+    check_coding,
+    classes_to_regions,
+    foreground,
+    region_known,
+)
 
 
 def spatial_gradient(x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +142,9 @@ class HybridLoss(nn.Module):
     batch, so patches without tumour do not make it undefined). Cross-entropy is nnU-Net's partner of Dice;
     the proposal's loss is the case ``ce = 0``. ``forward`` returns the weighted total; ``terms`` the unweighted
     terms (for logging and reweighting). The topology term uses the whole-tumour probability, optionally on a
-    ``topology_downsample``-times average-pooled map to bound its cost.
+    ``topology_downsample``-times average-pooled map to bound its cost. A region whose target a voxel's label
+    leaves unknown (``coding.CORE_ET_UNKNOWN``) counts there as predicted exactly, so no term learns from it;
+    the softmax coding cannot leave one region out and reads such a voxel as core (1).
     """
 
     def __init__(
@@ -158,18 +167,23 @@ class HybridLoss(nn.Module):
         self.topology_downsample = topology_downsample
         self.output = check_coding(output)
         regions = output == "regions"
-        self.dice = DiceLoss(sigmoid=regions, softmax=not regions, to_onehot_y=not regions, batch=True)
+        # regions: Dice of probabilities in which unknown targets are replaced by themselves (sigmoid applied here)
+        self.dice = DiceLoss(softmax=not regions, to_onehot_y=not regions, batch=True)
 
     def terms(self, logits: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         prob = activate(logits, self.output)
         if self.output == "regions":
-            target = classes_to_regions(label)
+            target, known = classes_to_regions(label), region_known(label)
+            prob = torch.where(known, prob, target)
+            out = {"dice": self.dice(prob, target)}
         else:
+            label = torch.where(label == CORE_ET_UNKNOWN, 1, label)
             target = F.one_hot(label[:, 0].long(), logits.shape[1]).movedim(-1, 1).to(prob)
-        out = {"dice": self.dice(logits, target if self.output == "regions" else label)}
+            out = {"dice": self.dice(logits, label)}
         if self.weights["ce"]:
             if self.output == "regions":
-                out["ce"] = F.binary_cross_entropy_with_logits(logits, target)
+                bce = F.binary_cross_entropy_with_logits(logits, target, weight=known.to(logits), reduction="sum")
+                out["ce"] = bce / known.sum().clamp(min=1)
             else:
                 out["ce"] = F.cross_entropy(logits, label[:, 0].long())
         if self.weights["boundary"]:

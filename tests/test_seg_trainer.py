@@ -14,10 +14,16 @@ from meddiffusion.app.ablation import summary_table, with_overrides
 from meddiffusion.app.cli import main
 from meddiffusion.data.labels import to_brats2021
 from meddiffusion.data.layouts import input_case, read_dataset
-from meddiffusion.data.prepare import brain_normalise, load_case
+from meddiffusion.data.prepare import UNDELINEATED_KEY, brain_normalise, load_case
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image
-from meddiffusion.segmentation.coding import classes_to_labels, classes_to_regions, decode, labels_to_classes
+from meddiffusion.segmentation.coding import (
+    CORE_ET_UNKNOWN,
+    classes_to_labels,
+    classes_to_regions,
+    decode,
+    labels_to_classes,
+)
 from meddiffusion.segmentation.data import SegPatches
 from meddiffusion.segmentation.predict import Segmenter, predict_case
 from meddiffusion.segmentation.threshold import fit_threshold, predict_threshold
@@ -82,14 +88,16 @@ def test_patches_are_reproducible_balanced_and_shaped(crop_list):
     item = patches[7]
     assert item["image"].shape == (6, 32, 32) and item["label"].shape == (1, 32, 32)
     assert torch.equal(item["image"], patches[7]["image"]) and torch.equal(item["label"], patches[7]["label"])
-    assert set(item["label"].unique().tolist()) <= {0, 1, 2, 3}
+    # BRATS 2012 labels the core as one class: its ET is unknown, which the patches carry for the loss
+    assert subject[UNDELINEATED_KEY] == ("ET",)
+    assert set(item["label"].unique().tolist()) <= {0, 2, CORE_ET_UNKNOWN}
     assert all((patches[i]["label"] > 0).any() for i in range(10))  # foreground_p = 1: every patch has tumour
     with pytest.raises(MeddiffError, match="no synthetic cases"):
         SegPatches([subject], synthetic_ratio=0.3)
 
 
 def test_network_classes_map_back_to_brats2021_labels():
-    assert classes_to_labels(np.array([0, 1, 2, 3])).tolist() == [0, 1, 2, 4]
+    assert classes_to_labels(np.array([0, 1, 2, 3, CORE_ET_UNKNOWN])).tolist() == [0, 1, 2, 4, 1]
     assert to_brats2021(np.array([0, 1, 2, 3, 4]), "brats2015").tolist() == [0, 1, 2, 1, 4]
 
 

@@ -123,6 +123,38 @@ def test_hybrid_loss_combines_terms_and_decreases_when_fitting_a_real_label(real
     assert loss_fn(logits, target).item() < 0.5 * first
 
 
+@pytest.mark.parametrize("boundary", ["gradient", "distance"])
+def test_an_undelineated_enhancing_core_is_tumour_and_core_and_no_term_learns_its_et(boundary):
+    """BRATS 2012 marks the whole core as one class: ET inside it is unknown. Whatever the ET channel predicts
+    there, every term is the same (and its gradient zero); read as BraTS 2021 (core known to lack ET), not."""
+    from monai.losses import DiceLoss
+
+    from meddiffusion.segmentation.coding import CORE_ET_UNKNOWN, classes_to_regions, labels_to_classes
+
+    labels = np.zeros((1, 1, 24, 24), dtype=np.int64)
+    labels[..., 4:20, 4:20] = 2  # oedema
+    labels[..., 8:16, 8:16] = 1  # the core
+    unknown, known = labels_to_classes(labels, ("ET",)), labels_to_classes(labels)
+    assert int((unknown == CORE_ET_UNKNOWN).sum()) == 64 and not (known == CORE_ET_UNKNOWN).any()
+    assert torch.equal(classes_to_regions(unknown)[:, :2], classes_to_regions(known)[:, :2])
+    loss_fn = HybridLoss(alpha=1.0, beta=0.5, gamma=0.01, boundary=boundary, ce=1.0, output="regions")
+    torch.manual_seed(0)
+    low = torch.randn(1, 3, 24, 24)
+    high = low.clone()
+    high[:, 2, 8:16, 8:16] += 5.0  # the ET channel says "enhancing" all over the core
+    for a, b in zip(loss_fn.terms(low, unknown).values(), loss_fn.terms(high, unknown).values(), strict=True):
+        assert a.item() == pytest.approx(b.item(), abs=1e-6)
+    assert loss_fn(high, known) > loss_fn(low, known) + 0.1  # a core known to lack ET penalises it
+    logits = low.clone().requires_grad_()
+    loss_fn(logits, unknown).backward()
+    assert torch.count_nonzero(logits.grad[:, 2, 8:16, 8:16]) == 0 and torch.count_nonzero(logits.grad[:, 2]) > 0
+    monai = DiceLoss(sigmoid=True, batch=True)(low, classes_to_regions(known))  # nothing unknown: MONAI's Dice
+    assert loss_fn.terms(low, known)["dice"].item() == pytest.approx(monai.item(), rel=1e-6)
+    softmax = HybridLoss(alpha=1.0, beta=0.0, gamma=0.0, output="classes")
+    four = torch.randn(1, 4, 24, 24)
+    assert softmax(four, unknown).item() == pytest.approx(softmax(four, known).item())  # read as core (1)
+
+
 def _gradnorm_weights(steps: int, **kwargs) -> dict[str, float]:
     from meddiffusion.segmentation.reweighting import GradNorm
 

@@ -14,10 +14,13 @@ import numpy as np
 import torch
 import torchio as tio
 
-from meddiffusion.data.labels import to_brats2021
+from meddiffusion.data.labels import UNDELINEATED, to_brats2021
 from meddiffusion.data.layouts import CaseFiles
 from meddiffusion.io import LABEL_KEY, modality_names
 from meddiffusion.transforms import brain_mask, normalise, robust_range
+
+#: subject key: the regions (e.g. ``("ET",)``) the case's label convention does not delineate
+UNDELINEATED_KEY = "undelineated"
 
 
 def brain_normalise(volume: np.ndarray) -> np.ndarray:
@@ -61,10 +64,13 @@ def load_case(
 ) -> tio.Subject:
     """Read and prepare one case with exactly ``modalities``, in that order. A missing modality is an error naming
     it, unless it is ``optional``: then it is all zeros (what a normalised image has outside the brain), the input
-    a model trained with modality dropout (``segmentation.data``) expects for a modality a case lacks."""
+    a model trained with modality dropout (``segmentation.data``) expects for a modality a case lacks. The subject
+    carries the regions its labels do not delineate (``UNDELINEATED_KEY``), for the losses to leave out."""
     present = tuple(m for m in modalities if m in case.images or m not in optional)
     prepared = prepare_subject(case.load(present), case.convention, spacing)
-    return with_modalities(prepared, modalities)
+    subject = with_modalities(prepared, modalities)
+    subject[UNDELINEATED_KEY] = UNDELINEATED.get(case.convention, ())
+    return subject
 
 
 def with_modalities(subject: tio.Subject, modalities: Sequence[str]) -> tio.Subject:
