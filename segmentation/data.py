@@ -27,7 +27,7 @@ PLANE_AXIS = 2  # axial planes of RAS/LPS volumes
 
 
 class SegPatches(Dataset):
-    """2.5D patches ``image`` [modalities x (2n+1), P, P] and ``label`` [1, P, P] (network classes 0-3).
+    """2.5D patches ``image`` [modalities x (2n+1), P, P] and ``label`` [1, P, P] (training classes, ``coding``).
 
     ``synthetic`` subjects are drawn for a ``synthetic_ratio`` fraction of items. Patches are cut with a
     margin, rotated, then cropped to ``patch_size`` so that rotation leaves no empty corners. Modality dropout:
