@@ -1,14 +1,18 @@
 """The diffusion core and the Accelerate loop on real slices: loss goes down, checkpoints resume exactly."""
 
 import csv
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from meddiffusion.diffusion import ConditionalUNet, NetworkConfig, make_scheduler
+from meddiffusion.diffusion.schedule import ScheduleConfig
 from meddiffusion.errors import MeddiffError
 from meddiffusion.sr.data import SRPairs
+from meddiffusion.sr.inference import network_volumes
 from meddiffusion.sr.planes import Task
 from meddiffusion.sr.train import diffusion_loss, regression_loss
 from meddiffusion.training import TrainConfig, train
@@ -96,28 +100,36 @@ class _NoiseResiduals(torch.utils.data.Dataset):
 
 
 def test_the_mean_of_residual_samples_of_a_trained_toy_model_approaches_the_regression_output(tmp_path):
-    from meddiffusion.diffusion import sample
-
+    """Residual diffusion cannot fall below its regression mean: trained by the package's loop on residuals that
+    are pure zero-mean noise, its whole-volume samples (regression prediction + sampled residual, as ``sr upscale``
+    makes them) vary like that noise, while their mean goes to the regression's prediction as 1 / sqrt(samples).
+    A model biased by half the noise's spread fails the same check."""
     torch.manual_seed(0)
     model = ConditionalUNet(NetworkConfig(block_out_channels=[16, 16], norm_num_groups=8, cond_channels=4))
-    scheduler = make_scheduler("ddpm")
-    cond = torch.rand(16, 4, 16, 16) * 2 - 1
-    conditions = torch.tensor([[1.0, 0.0]]).expand(16, -1)
-
-    def bias_and_spread(net) -> tuple[float, float]:
-        ddim = make_scheduler("ddim")
-        draws = torch.stack(
-            [sample(net.eval(), ddim, cond, conditions, 4, torch.Generator().manual_seed(k)) for k in range(8)]
-        )
-        return float(draws.mean()), float(draws.std(0).mean())
-
     config = TrainConfig(
         steps=150, batch_size=16, learning_rate=2e-3, warmup_steps=0, checkpoint_every=150, ema_decay=0.0
     )
-    trained = train(model, _NoiseResiduals(), diffusion_loss(scheduler), config, tmp_path / "run", seed=0)
-    bias, spread = bias_and_spread(trained)
-    assert abs(bias) < 0.05  # the mean of samples is the regression output (a zero residual on average)
-    assert 0.5 < spread < 1.5  # while single samples vary like the true residual (the uncertainty the std map shows)
+    trained = train(model, _NoiseResiduals(), diffusion_loss(make_scheduler("ddpm")), config, tmp_path / "run", seed=0)
+    rng = np.random.default_rng(0)
+    low, prior = rng.random((8, 8, 4), np.float32), rng.random((16, 16, 4), np.float32)
+    weights = {"neighbours": 1, "residual_scale": 10.0, "schedule": dataclasses.asdict(ScheduleConfig())}
+    n = 32
+
+    def residuals() -> np.ndarray:  # in the training target's units: (sample - regression) * residual_scale
+        volumes = network_volumes(
+            trained.eval(), weights, low, Task(2, "inplane"), 2, [2], prior=prior, samples=n, steps=4
+        )
+        return (np.stack(volumes) - prior) * weights["residual_scale"]
+
+    def near_regression(res: np.ndarray) -> bool:
+        return abs(res.mean()) < 0.1 and np.sqrt((res.mean(0) ** 2).mean()) < 1.5 / np.sqrt(n)
+
+    res = residuals()
+    assert 0.5 < res.std(0).mean() < 1.5  # single samples vary like the true residual (what the std map shows)
+    assert near_regression(res)
+    with torch.no_grad():
+        trained.unet.conv_out.bias += 0.5
+    assert not near_regression(residuals())
 
 
 def test_inplane_only_volumes_serve_the_inplane_tasks_alone_cut_to_the_head(real_crop):
