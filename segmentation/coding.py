@@ -51,7 +51,10 @@ def labels_to_classes(label: np.ndarray | torch.Tensor, undelineated: Sequence[s
 
 def classes_to_labels(classes: torch.Tensor | np.ndarray) -> np.ndarray:
     """Training classes -> BraTS 2021 labels (``CORE_ET_UNKNOWN`` is core, 1, as its case's label map says)."""
-    return np.asarray((*CLASS_LABELS, 1), dtype=np.uint8)[np.asarray(classes)]
+    lookup = np.zeros(max(len(CLASS_LABELS), CORE_ET_UNKNOWN + 1), dtype=np.uint8)
+    lookup[: len(CLASS_LABELS)] = CLASS_LABELS
+    lookup[CORE_ET_UNKNOWN] = 1
+    return lookup[np.asarray(classes)]
 
 
 def classes_to_regions(classes: torch.Tensor) -> torch.Tensor:
