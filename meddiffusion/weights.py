@@ -8,7 +8,9 @@ provenance so a result can be traced to the exact file that made it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from meddiffusion.errors import MeddiffError
-from meddiffusion.io import atomic_write, write_json
+from meddiffusion.io import atomic_write, current_umask, write_json
 from meddiffusion.paths import WEIGHTS_FILE
 from meddiffusion.provenance import file_sha256, provenance
 from meddiffusion.serialise import json_text
@@ -90,6 +92,44 @@ def record_run(folder: str | Path, n_parameters: int, run_dir: str | Path | None
         if source.exists():
             shutil.copyfile(source, folder / name)
     write_json(provenance(weights_sha256=weights_hash(folder), n_parameters=n_parameters), folder / "provenance.json")
+
+
+def copy_weights(source: str | Path, target: str | Path, force: bool = False) -> Path:
+    """Copy a weights folder (a run's ``weights/`` into the package, say) with every relative path that its JSON
+    records name re-based on the new place: the records keep naming the same data files. The copy is made beside
+    ``target`` and moved into place, so a failure leaves no partial folder."""
+    source, target = Path(source).resolve(), Path(target)
+    read_config(source)
+    if target.exists() and not force:
+        raise MeddiffError("exists; use --force to overwrite", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        for record in staging.glob("*.json"):
+            text = json_text(_rebase(json.loads(record.read_text()), source, target.resolve()))
+            record.write_text(text + "\n")
+        os.chmod(staging, 0o777 & ~current_umask())
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _rebase(value: Any, old: Path, new: Path) -> Any:
+    """Relative paths that name an existing file or folder outside ``old`` re-expressed from ``new`` (those inside
+    it, such as residual diffusion's ``prior``, move with the folder and stay as they are)."""
+    if isinstance(value, dict):
+        return {k: _rebase(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebase(v, old, new) for v in value]
+    if isinstance(value, str) and value and not os.path.isabs(value) and (old / value).exists():
+        named = (old / value).resolve()
+        return value if named.is_relative_to(old) else os.path.relpath(named, new)
+    return value
 
 
 def weights_hash(folder: str | Path) -> str:

@@ -1,6 +1,10 @@
+import json
+import os
+
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 import torchio as tio
 
 from conftest import write_nifti
@@ -8,6 +12,7 @@ from meddiffusion.app.cli import main
 from meddiffusion.errors import MeddiffError
 from meddiffusion.info import describe
 from meddiffusion.io import load_image, load_subject, read_rows, save_image, save_nifti, write_json
+from meddiffusion.weights import copy_weights, save_weights
 
 
 def test_mha_and_nifti_read_with_world_geometry(case_paths, real_crop):
@@ -145,3 +150,28 @@ def test_rows_read_back_from_json_carry_nan_where_they_were_written(tmp_path):
     assert "null" in (tmp_path / "m.json").read_text()
     (row,) = read_rows(tmp_path / "m.json")
     assert row["case_id"] == "a" and row["WT_dice"] == 0.5 and math.isnan(row["ET_hd95"])
+
+
+def test_copied_weights_name_the_same_training_data_from_their_new_place(tmp_path):
+    """Shipping a run's weights into the package: the relative data paths the records hold are re-based, so they
+    still name the same files; other strings, the weights file and the no-overwrite rule are kept."""
+    data = tmp_path / "shared" / "case_flair.nii.gz"
+    data.parent.mkdir()
+    data.write_bytes(b"image")
+    source = tmp_path / "runs" / "seg" / "weights"
+    recorded = os.path.relpath(data, source)
+    training = {"data": [recorded], "model": "dualpath"}
+    save_weights(source, torch.nn.Linear(2, 1), {"network": {}, "training": training, "prior": "prior"})
+    (source / "prior").mkdir()  # a folder inside the weights (residual diffusion's regression model) moves with them
+    target = tmp_path / "repo" / "pkg" / "pretrained" / "seg"
+    copy_weights(source, target)
+    config = json.loads((target / "config.json").read_text())
+    assert config["training"]["data"][0] != recorded and (target / config["training"]["data"][0]).resolve() == data
+    assert config["training"]["model"] == "dualpath" and config["prior"] == "prior" and (target / "prior").is_dir()
+    assert (target / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    with pytest.raises(MeddiffError, match="exists"):
+        copy_weights(source, target)
+    copy_weights(source, target, force=True)
+    with pytest.raises(MeddiffError, match="not a weights folder"):
+        copy_weights(tmp_path / "shared", tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists() and [p.name for p in target.parent.iterdir()] == ["seg"]
