@@ -11,7 +11,7 @@ import torch
 
 from conftest import write_nifti
 from meddiffusion.app.cli import main
-from meddiffusion.app.study import StudyPreset, run_study
+from meddiffusion.app.study import StudyPreset, pool_small_lesions, run_study
 from meddiffusion.data.check import check_dataset
 from meddiffusion.data.labels import to_brats2021
 from meddiffusion.data.layouts import read_dataset
@@ -360,3 +360,15 @@ def test_weights_trained_with_modality_dropout_paint_a_single_image_into_exactly
     assert (painted != original).any() and original.min() <= painted.min() and painted.max() <= original.max()
     with pytest.raises(MeddiffError, match="need modality"):
         LesionSynthesizer.from_pretrained(weights).check_modalities(["t2"])
+
+
+def test_study_pools_the_lesions_under_10_ml_per_case():
+    """The study's small-lesion question pools the bins under 10 mL: 1 of 2 tiny lesions and 1 of 1 mid-sized one
+    detected is 2 of 3; a case with no lesion under 10 mL has no such sensitivity (NaN, left out of the pairs)."""
+    row = {"lesion_sensitivity_<1mL": 0.5, "n_lesions_<1mL": 2.0, "lesion_sensitivity_1-10mL": 1.0}
+    row |= {"n_lesions_1-10mL": 1.0, "lesion_sensitivity_>10mL": 0.0, "n_lesions_>10mL": 4.0}
+    assert pool_small_lesions(row)["lesion_sensitivity_<10mL"] == pytest.approx(2 / 3)
+    assert pool_small_lesions(row)["n_lesions_<10mL"] == 3.0
+    large_only = {"lesion_sensitivity_<1mL": float("nan"), "n_lesions_<1mL": 0.0, "n_lesions_1-10mL": 0.0}
+    large_only |= {"lesion_sensitivity_1-10mL": float("nan"), "lesion_sensitivity_>10mL": 1.0, "n_lesions_>10mL": 1.0}
+    assert np.isnan(pool_small_lesions(large_only)["lesion_sensitivity_<10mL"])

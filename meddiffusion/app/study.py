@@ -45,6 +45,9 @@ from meddiffusion.weights import WEIGHTS_FILE
 
 REAL = "real"
 BINS = [name for _, _, name in LESION_BINS_ML]
+#: the small lesions synthetic rare cases are for: the bins below 10 mL pooled per case, so that a patient with
+#: small lesions gives a pair even where one bin alone holds few patients
+SMALL = "<10mL"
 COMPARED = [
     "WT_dice",
     "TC_dice",
@@ -52,6 +55,7 @@ COMPARED = [
     "WT_hd95",
     "lesion_sensitivity",
     *(f"lesion_sensitivity_{b}" for b in BINS),
+    f"lesion_sensitivity_{SMALL}",
 ]
 
 
@@ -195,7 +199,16 @@ def _arm(base, arm, seed, synthetic, cases, test_ids, run: Path) -> list[dict]:
     return rows
 
 
+def pool_small_lesions(row: dict) -> dict:
+    """The row with the detection of its lesions under 10 mL pooled (NaN where it has none)."""
+    small = [name for _, high, name in LESION_BINS_ML if high <= 10.0]
+    n = sum(row.get(f"n_lesions_{b}", 0.0) for b in small)
+    hit = sum(row[f"lesion_sensitivity_{b}"] * row[f"n_lesions_{b}"] for b in small if row.get(f"n_lesions_{b}"))
+    return {**row, f"n_lesions_{SMALL}": n, f"lesion_sensitivity_{SMALL}": hit / n if n else float("nan")}
+
+
 def _report(rows: list[dict], out: Path, data: str, recipe, preset: StudyPreset) -> Path:
+    rows = [pool_small_lesions(r) for r in rows]
     names = arms(preset)
     patients = sorted({r["case_id"] for r in rows})
     fold_of = {r["case_id"]: r["fold"] for r in rows}
