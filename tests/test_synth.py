@@ -228,10 +228,12 @@ def test_synth_lesion_command_writes_files_and_refuses_to_overwrite(real_crop, t
 def test_shipped_model_uses_its_size_input(real_crop):
     folder = weights_folder("synth-inpaint")
     model, config = load_weights(folder, "synth", build_diffusion_network)
-    assert config["modalities"] == ["flair", "t1ce"] and (folder / "templates.npz").exists()
+    # trained with modality dropout on all four: it paints any subset (one FLAIR, a FLAIR + T1c case, ...)
+    assert config["modalities"] == config["optional_modalities"] == ["flair", "t1", "t1ce", "t2"]
+    assert (folder / "templates.npz").exists()
     torch.manual_seed(0)
     cond = torch.rand(1, model.config.cond_channels, 64, 64)
-    x_t = torch.randn(1, 2, 64, 64)
+    x_t = torch.randn(1, model.config.target_channels, 64, 64)
     t = torch.tensor([500])
     with torch.no_grad():
         small = model(x_t, t, cond, torch.tensor([[np.log2(0.5)]]))
@@ -280,7 +282,7 @@ def test_quick_study_runs_end_to_end_on_a_tiny_real_subset(real_crop, tmp_path):
     assert len(rows) == 1 + 3 * 2  # 3 patients x 2 arms x 1 seed
 
 
-def test_lesion_inputs_as_users_have_them(real_crop, tmp_path, capsys):
+def test_lesion_inputs_as_users_have_them(real_crop, tiny_weights, tmp_path, capsys):
     """One image (modality from --modality or its name) is a case of that modality; one painted modality is written
     to exactly the named file; a modality the weights need and the input lacks is a one-line error."""
     from meddiffusion.app.lesion import lesion_case
@@ -298,7 +300,7 @@ def test_lesion_inputs_as_users_have_them(real_crop, tmp_path, capsys):
     assert modality_outputs(tmp_path / "o.nii.gz", ["flair", "t1ce"])["t1ce"] == tmp_path / "o_t1ce.nii.gz"
     argv = ["synth", "lesion", str(image), "--modality", "flair", "--volume-ml", "2"]
     argv += ["--out-image", str(tmp_path / "o.nii.gz"), "--out-label", str(tmp_path / "l.nii.gz")]
-    argv += ["--exclude-label", str(real_crop["label"])]
+    argv += ["--exclude-label", str(real_crop["label"]), "--weights", str(tiny_weights[0])]  # trained on FLAIR + T1c
     assert main(argv) == 2
     assert "need modality t1ce" in capsys.readouterr().err and not (tmp_path / "l.nii.gz").exists()
 
