@@ -87,18 +87,8 @@ def lesion_features(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     10/50/90th percentiles, skewness, kurtosis), their contrast, the boundary edge strength, and grey-level
     co-occurrence texture of the lesion's bounding box (contrast, homogeneity, energy, correlation;
     scikit-image). ``image`` on a common intensity scale (e.g. normalised in the brain)."""
-    mask = mask.astype(bool)
-    if not mask.any():
-        raise MeddiffError("lesion features need a non-empty lesion mask")
+    mask = _lesion(mask)
     image = image.astype(np.float64)
-
-    def first_order(values: np.ndarray) -> list[float]:
-        p10, p50, p90 = np.percentile(values, [10, 50, 90])
-        sd = float(values.std())
-        skew = float(stats.skew(values)) if sd > 0 else 0.0
-        kurt = float(stats.kurtosis(values)) if sd > 0 else 0.0
-        return [float(values.mean()), sd, p10, p50, p90, skew, kurt]
-
     inside, rim = image[mask], image[_ring(mask)]
     coords = np.argwhere(mask)
     box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(coords.min(0), coords.max(0), strict=True))
@@ -113,7 +103,29 @@ def lesion_features(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     for prop in ("contrast", "homogeneity", "energy", "correlation"):
         texture.append(float(np.nan_to_num(graycoprops(glcm, prop).mean())))
     contrast = float(inside.mean() - rim.mean()) if rim.size else 0.0
-    return np.asarray([*first_order(inside), *first_order(rim), contrast, edge_strength(image, mask), *texture])
+    return np.asarray([*_first_order(inside), *_first_order(rim), contrast, edge_strength(image, mask), *texture])
+
+
+def interior_features(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The first-order statistics of the lesion's own voxels, nothing of its surroundings: a classifier on these
+    judges the painting alone, where ``lesion_features`` also sees the placement (rim, edge, bounding box)."""
+    return np.asarray(_first_order(image.astype(np.float64)[_lesion(mask)]))
+
+
+def _lesion(mask: np.ndarray) -> np.ndarray:
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise MeddiffError("lesion features need a non-empty lesion mask")
+    return mask
+
+
+def _first_order(values: np.ndarray) -> list[float]:
+    """Mean, sd, 10/50/90th percentiles, skewness, kurtosis."""
+    p10, p50, p90 = np.percentile(values, [10, 50, 90])
+    sd = float(values.std())
+    skew = float(stats.skew(values)) if sd > 0 else 0.0
+    kurt = float(stats.kurtosis(values)) if sd > 0 else 0.0
+    return [float(values.mean()), sd, p10, p50, p90, skew, kurt]
 
 
 def realism_auc(

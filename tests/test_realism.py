@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from meddiffusion.data.prepare import brain_normalise
-from meddiffusion.eval.synthesis import edge_strength, lesion_features, realism_auc, seam_ratio
+from meddiffusion.eval.synthesis import edge_strength, interior_features, lesion_features, realism_auc, seam_ratio
 from meddiffusion.io import load_image
 
 
@@ -62,3 +62,17 @@ def test_seam_ratio_is_one_for_real_edges_and_above_one_for_a_hard_pasted_lesion
     pasted[mask] = image[mask].mean() + 0.5  # a constant bright blob, cut in with no transition
     assert edge_strength(pasted, mask) > edge_strength(image, mask)
     assert seam_ratio([(pasted, mask)], [(image, tumour)]) > 1.0
+
+
+def test_interior_features_see_the_lesion_alone(flair):
+    """The interior features judge the painting: a changed surrounding leaves them as they are (the full features
+    see it), a changed interior does not."""
+    image, _ = flair
+    (mask,) = _spheres(image, 1, seed=5)
+    around = image.copy()
+    around[ndimage.binary_dilation(mask, iterations=3) & ~mask] += 0.5
+    assert np.array_equal(interior_features(around, mask), interior_features(image, mask))
+    assert not np.allclose(lesion_features(around, mask), lesion_features(image, mask))
+    inside = image.copy()
+    inside[mask] += 0.5
+    assert interior_features(inside, mask)[0] == pytest.approx(interior_features(image, mask)[0] + 0.5)
