@@ -203,8 +203,14 @@ def pool_small_lesions(row: dict) -> dict:
     """The row with the detection of its lesions under 10 mL pooled (NaN where it has none)."""
     small = [name for _, high, name in LESION_BINS_ML if high <= 10.0]
     n = sum(row.get(f"n_lesions_{b}", 0.0) for b in small)
-    hit = sum(row[f"lesion_sensitivity_{b}"] * row[f"n_lesions_{b}"] for b in small if row.get(f"n_lesions_{b}"))
+    hit = sum(_detected(row, b) for b in small)
     return {**row, f"n_lesions_{SMALL}": n, f"lesion_sensitivity_{SMALL}": hit / n if n else float("nan")}
+
+
+def _detected(row: dict, size_bin: str) -> float:
+    """How many of a row's reference lesions in ``size_bin`` were detected (its sensitivity is NaN where none)."""
+    n = row.get(f"n_lesions_{size_bin}", 0.0)
+    return row[f"lesion_sensitivity_{size_bin}"] * n if n else 0.0
 
 
 def _report(rows: list[dict], out: Path, data: str, recipe, preset: StudyPreset) -> Path:
@@ -272,7 +278,7 @@ def _report(rows: list[dict], out: Path, data: str, recipe, preset: StudyPreset)
         cells = []
         for b in BINS:
             n = sum(r.get(f"n_lesions_{b}", 0.0) for r in mine)
-            hit = sum(r[f"lesion_sensitivity_{b}"] * r[f"n_lesions_{b}"] for r in mine if r.get(f"n_lesions_{b}"))
+            hit = sum(_detected(r, b) for r in mine)
             cells.append(f"{hit:.0f} / {n:.0f}" + (f" ({hit / n:.0%})" if n else ""))
         fps = sum(r.get("false_positives", 0.0) for r in mine)
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {fps:.0f} |")
