@@ -6,14 +6,17 @@
 * size fidelity: the mask generator on real brains, requested 0.1-100 mL, 1 and 3 foci, two seeds:
   mean absolute error in % of the request;
 * painted lesions vs real tumours the generator never saw (the cases its weights did not train on): into each
-  such host, lesions of 10 and 40 mL (whole-tumour sizes real gliomas have) are painted by the model and, as the
-  naive baseline, copy-pasted (a real tumour of another case, its voxels and shape, rescaled to the lesion's
-  box). Per modality (brain-normalised): intensity distance to the real tumours of the other unseen cases
-  (1-D Wasserstein, KS); the seam ratio (boundary edge strength over that of the unseen real tumours, 1 = as
-  real; ``eval.synthesis``); and a real-vs-synthetic classifier (first-order and texture features of lesion and
-  rim, all modalities, logistic regression cross-validated by patient: ROC AUC, 0.5 = indistinguishable; and the
-  same on the first-order statistics of the lesion's interior alone, which judge the painting, not the placement).
-  Changed voxels outside the painted (dilated) region are counted (must be 0);
+  such host, lesions of 10 and 40 mL (whole-tumour sizes real gliomas have) and one of the volume of a real
+  tumour (size-matched: the copy-paste donor's, 56-181 mL here, as large as the real tumours they are compared
+  with, so that the classifier judges more than size) are painted by the model and, as the naive baseline,
+  copy-pasted (a real tumour of another case, its voxels and shape, rescaled to the lesion's box). Every figure
+  is given for the 10 and 40 mL lesions and for the size-matched ones apart. Per modality (brain-normalised):
+  intensity distance to the real tumours of the other unseen cases (1-D Wasserstein, KS); the seam ratio
+  (boundary edge strength over that of the unseen real tumours, 1 = as real; ``eval.synthesis``); and a
+  real-vs-synthetic classifier (first-order and texture features of lesion and rim, all modalities, logistic
+  regression cross-validated by patient: ROC AUC, 0.5 = indistinguishable; and the same on the first-order
+  statistics of the lesion's interior alone, which judge the painting, not the placement). Changed voxels
+  outside the painted (dilated) region are counted (must be 0);
 * seconds per case on this machine's CPU;
 * a PNG grid: synthetic lesions by size in the three planes next to a real tumour.
 
@@ -44,6 +47,7 @@ from meddiffusion.eval.synthesis import (
 )
 from meddiffusion.io import load_subject, voxel_volume_ml
 from meddiffusion.plotting import save_figure, subplots
+from meddiffusion.provenance import provenance
 from meddiffusion.synth.masks import lesion_mask
 from meddiffusion.synth.pipeline import LesionRequest, LesionSynthesizer
 from meddiffusion.transforms import brain_mask, normalise
@@ -129,7 +133,8 @@ def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict, dict]:
         donor = hosts[(h + 1) % len(hosts)]
         pool = [c for c in hosts if c not in (host, donor)]
         brain = brain_mask(subject["flair"].data[0].numpy())
-        for size in PAINT_SIZES:
+        donor_ml = round(float(tumours[donor].sum()) * voxel_volume_ml(subject["flair"].spacing), 1)
+        for size, matched in [*((s, False) for s in PAINT_SIZES), (donor_ml, True)]:
             started = time.time()
             result = synthesizer.synthesize(subject, LesionRequest(size, seed=h, steps=steps), case.convention)
             seconds = time.time() - started
@@ -137,6 +142,7 @@ def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict, dict]:
             row = {
                 "host": host,
                 "donor": donor,
+                "size_matched": matched,
                 "requested_ml": size,
                 "measured_ml": result.info["measured_volume_ml"],
                 "seconds": seconds,
@@ -154,28 +160,38 @@ def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict, dict]:
                     row[f"{m}_{name}_wasserstein"], row[f"{m}_{name}_ks"] = d["wasserstein"], d["ks"]
                     row[f"{m}_{name}_edge"] = edge_strength(volumes[name][m], lesion)
             for name in METHODS:
-                lesions[name].append((host, volumes[name], lesion))
+                lesions[name].append((host, volumes[name], lesion, matched))
             rows.append(row)
-            if h == 0:
+            if h == 0 and not matched:
                 examples[size] = (volumes["model"]["flair"], lesion)
-    real_features = np.stack([_features(normalised[c], tumours[c]) for c in hosts])
-    real_interior = np.stack([_features(normalised[c], tumours[c], interior_features) for c in hosts])
-    real_edges = {m: np.mean([edge_strength(normalised[c][m], tumours[c]) for c in hosts]) for m in modalities}
-    summary = {"hosts": hosts, "modalities": modalities, "real_edge_strength": real_edges}
+    real = {
+        "features": np.stack([_features(normalised[c], tumours[c]) for c in hosts]),
+        "interior": np.stack([_features(normalised[c], tumours[c], interior_features) for c in hosts]),
+        "edges": {m: np.mean([edge_strength(normalised[c][m], tumours[c]) for c in hosts]) for m in modalities},
+    }
+    summary = {"hosts": hosts, "modalities": modalities, "real_edge_strength": real["edges"], "size_matched": {}}
     for name in METHODS:
-        synthetic = np.stack([_features(v, mask) for _, v, mask in lesions[name]])
-        groups = [host for host, _, _ in lesions[name]]
-        interior = np.stack([_features(v, mask, interior_features) for _, v, mask in lesions[name]])
-        summary[name] = {
-            "auc": realism_auc(real_features, synthetic, hosts, groups),
-            "auc_interior": realism_auc(real_interior, interior, hosts, groups),
-            **{
-                f"{m}_seam_ratio": float(np.mean([r[f"{m}_{name}_edge"] for r in rows]) / real_edges[m])
-                for m in modalities
-            },
-        }
+        for matched, into in ((False, summary), (True, summary["size_matched"])):
+            chosen = [item for item in lesions[name] if item[3] == matched]
+            into[name] = _realism(real, hosts, chosen, [r for r in rows if r["size_matched"] == matched], name)
     examples["real"] = (normalised[hosts[0]]["flair"], tumours[hosts[0]])
     return rows, summary, examples
+
+
+def _realism(real: dict, hosts: list[str], lesions: list, rows: list[dict], name: str) -> dict:
+    """Classifier AUCs (lesion and rim; interior alone) and seam ratios of one method's lesions against the real
+    tumours of the hosts."""
+    synthetic = np.stack([_features(v, mask) for _, v, mask, _ in lesions])
+    interior = np.stack([_features(v, mask, interior_features) for _, v, mask, _ in lesions])
+    groups = [host for host, *_ in lesions]
+    return {
+        "auc": realism_auc(real["features"], synthetic, hosts, groups),
+        "auc_interior": realism_auc(real["interior"], interior, hosts, groups),
+        **{
+            f"{m}_seam_ratio": float(np.mean([r[f"{m}_{name}_edge"] for r in rows]) / real["edges"][m])
+            for m in real["edges"]
+        },
+    }
 
 
 def _features(volumes: dict[str, np.ndarray], mask: np.ndarray, features=lesion_features) -> np.ndarray:
@@ -227,28 +243,46 @@ def table(size_rows, paint_rows, summary) -> str:
         ]
     )
     if paint_rows:
-        lines += [
-            "| modality | method | Wasserstein to unseen real tumours | KS statistic | seam ratio (1 = as real) |",
-            "|---|---|---|---|---|",
-        ]
-        for m in summary["modalities"]:
-            for name in METHODS:
-                w = np.mean([r[f"{m}_{name}_wasserstein"] for r in paint_rows])
-                ks = np.mean([r[f"{m}_{name}_ks"] for r in paint_rows])
-                lines.append(f"| {m} | {name} | {w:.3f} | {ks:.3f} | {summary[name][f'{m}_seam_ratio']:.2f} |")
+        sizes = " and ".join(f"{s:g}" for s in PAINT_SIZES)
+        matched = [r["requested_ml"] for r in paint_rows if r["size_matched"]]
+        for title, chosen, realism in (
+            (f"Lesions of {sizes} mL", [r for r in paint_rows if not r["size_matched"]], summary),
+            (
+                f"Size-matched lesions (each host painted at its copy-paste donor's tumour volume, "
+                f"{min(matched):g}-{max(matched):g} mL, like the real tumours they are compared with)",
+                [r for r in paint_rows if r["size_matched"]],
+                summary["size_matched"],
+            ),
+        ):
+            lines += [f"{title}:\n", *_realism_table(chosen, realism, summary), ""]
         changed = sum(r[f"{m}_changed_outside"] for r in paint_rows for m in summary["modalities"])
         seconds = [r["seconds"] for r in paint_rows]
-        lines += [
-            "",
-            f"Real-vs-synthetic classifier AUC (0.5 = indistinguishable), {len(summary['hosts'])} unseen patients: "
-            + ", ".join(f"{name} {summary[name]['auc']:.2f}" for name in METHODS)
-            + "; on the lesion's interior alone (the painting, not the placement): "
-            + ", ".join(f"{name} {summary[name]['auc_interior']:.2f}" for name in METHODS)
-            + ".",
+        lines.append(
             f"{len(paint_rows)} painted lesions: voxels changed outside the painted region: {changed}; "
-            f"seconds per lesion {np.mean(seconds):.1f} (min {np.min(seconds):.1f}, max {np.max(seconds):.1f}).\n",
-        ]
+            f"seconds per lesion {np.mean(seconds):.1f} (min {np.min(seconds):.1f}, max {np.max(seconds):.1f}).\n"
+        )
     return "\n".join(lines)
+
+
+def _realism_table(rows: list[dict], realism: dict, summary: dict) -> list[str]:
+    lines = [
+        "| modality | method | Wasserstein to unseen real tumours | KS statistic | seam ratio (1 = as real) |",
+        "|---|---|---|---|---|",
+    ]
+    for m in summary["modalities"]:
+        for name in METHODS:
+            w = np.mean([r[f"{m}_{name}_wasserstein"] for r in rows])
+            ks = np.mean([r[f"{m}_{name}_ks"] for r in rows])
+            lines.append(f"| {m} | {name} | {w:.3f} | {ks:.3f} | {realism[name][f'{m}_seam_ratio']:.2f} |")
+    return [
+        *lines,
+        "",
+        f"Real-vs-synthetic classifier AUC (0.5 = indistinguishable), {len(summary['hosts'])} unseen patients: "
+        + ", ".join(f"{name} {realism[name]['auc']:.2f}" for name in METHODS)
+        + "; on the lesion's interior alone (the painting, not the placement): "
+        + ", ".join(f"{name} {realism[name]['auc_interior']:.2f}" for name in METHODS)
+        + ".",
+    ]
 
 
 def main() -> None:
@@ -261,11 +295,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
+    made = provenance()  # the command and the code state at the start
     synthesizer = LesionSynthesizer.from_pretrained(args.weights)
     cases = load_cases(synthesizer.modalities)
     size_rows = size_fidelity(cases, synthesizer) if args.only != "paint" else []
     paint_rows, summary, examples = paint(cases, synthesizer, args.steps) if args.only != "size" else ([], {}, {})
     results = {
+        "provenance": made,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "weights_sha256": synthesizer.hash,
         "steps": args.steps,
