@@ -12,6 +12,8 @@ from pathlib import Path
 from meddiffusion.errors import MeddiffError
 
 WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT = "checkpoint"  # a run folder's latest training state
+TRAINER_STATE = "trainer_state.json"  # in it: step, training seconds, the invocations that trained it
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"  # the shipped weights folders
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 READ_SUFFIXES = (*NIFTI_SUFFIXES, ".mha", ".mhd")

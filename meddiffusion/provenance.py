@@ -75,15 +75,25 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def invocation() -> dict[str, Any]:
+    """This process: its exact command line, when it runs, and the code it started with."""
+    return {
+        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "code": code_state(),
+    }
+
+
 def provenance(**fields: Any) -> dict[str, Any]:
     """A provenance record: the caller's fields plus where and with what it was made (the exact command line,
     the code state, the package versions)."""
+    made = invocation()
     return {
         "tool": "meddiffusion",
         "version": code_version(),
-        "code": code_state(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
+        "code": made["code"],
+        "created": made["created"],
+        "command": made["command"],
         "cwd": os.getcwd(),
         "python": platform.python_version(),
         "packages": package_versions(),

@@ -26,9 +26,9 @@ from tqdm.auto import tqdm
 from meddiffusion.config import config_record
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import write_json
-from meddiffusion.provenance import code_state
+from meddiffusion.paths import CHECKPOINT, TRAINER_STATE
+from meddiffusion.provenance import invocation
 
-CHECKPOINT = "checkpoint"
 LOG = "training_log.csv"
 VAL_LOG = "validation_log.csv"
 #: config name -> (diffusers scheduler name, its power)
@@ -130,7 +130,7 @@ def train(
     ``extra_state``: objects with ``state_dict``/``load_state_dict`` the loss keeps (e.g. learned loss
     weights), saved in and restored from the checkpoint with the rest.
     """
-    code_state()  # the code this run starts with is what its weights' provenance records
+    started_as = invocation()  # the code this invocation starts with (read once: later edits do not count)
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT
     if checkpoint.exists() and not resume:
@@ -159,13 +159,15 @@ def train(
     if extra_state:
         accelerator.register_for_checkpointing(*extra_state)
 
-    step, elapsed = 0, 0.0
+    step, elapsed, segments = 0, 0.0, []
     if resume:
         accelerator.load_state(str(checkpoint))
         ema.load_state_dict(torch.load(checkpoint / "ema.pt", map_location="cpu", weights_only=False))
         ema.to(accelerator.device)
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        step, elapsed = state["step"], state.get("elapsed_s", 0.0)
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        step, elapsed, segments = state["step"], state.get("elapsed_s", 0.0), state.get("segments", [])
+    # a run resumed across sessions may span several commits: each invocation is recorded with its first step
+    segments = [*segments, {"from_step": step, **started_as}]
 
     micro = config.batch_size * accelerator.num_processes
     per_step = micro * config.gradient_accumulation
@@ -233,7 +235,8 @@ def train(
                     writer.add_scalar(f"val/{key}", value, step)
             model.train()
         if step % config.checkpoint_every == 0 or step in (config.steps, stop_at):
-            _save_checkpoint(accelerator, ema, run_dir, step, time.time() - started)
+            state = {"step": step, "elapsed_s": round(time.time() - started, 1), "segments": segments}
+            _save_checkpoint(accelerator, ema, run_dir, state)
         if step == stop_at:
             break
     bar.close()
@@ -255,7 +258,7 @@ def _with_ema(model: torch.nn.Module, ema: EMAModel, fn: ValidateFn) -> dict[str
         ema.restore(model.parameters())
 
 
-def _save_checkpoint(accelerator: Accelerator, ema: EMAModel, run_dir: Path, step: int, elapsed: float) -> None:
+def _save_checkpoint(accelerator: Accelerator, ema: EMAModel, run_dir: Path, state: dict[str, Any]) -> None:
     """Write the full state to a temporary folder, then swap it in: a crash never leaves a half checkpoint.
     With several processes, each writes its own RNG state: a stale folder is cleared before anyone writes, and the
     swap waits until all have written."""
@@ -267,7 +270,7 @@ def _save_checkpoint(accelerator: Accelerator, ema: EMAModel, run_dir: Path, ste
     accelerator.wait_for_everyone()  # every process's RNG state is in the folder before it is swapped in
     if accelerator.is_main_process:
         torch.save(ema.state_dict(), tmp / "ema.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "elapsed_s": round(elapsed, 1)}))
+        (tmp / TRAINER_STATE).write_text(json.dumps(state))
         final, old = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.old"
         if final.exists():
             final.rename(old)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import atomic_write, current_umask, write_json
-from meddiffusion.paths import WEIGHTS_FILE
+from meddiffusion.paths import CHECKPOINT, TRAINER_STATE, WEIGHTS_FILE
 from meddiffusion.provenance import file_sha256, provenance
 from meddiffusion.serialise import json_text
 
@@ -91,7 +91,11 @@ def record_run(folder: str | Path, n_parameters: int, run_dir: str | Path | None
         source = Path(run_dir) / name
         if source.exists():
             shutil.copyfile(source, folder / name)
-    write_json(provenance(weights_sha256=weights_hash(folder), n_parameters=n_parameters), folder / "provenance.json")
+    record = provenance(weights_sha256=weights_hash(folder), n_parameters=n_parameters)
+    state = Path(run_dir) / CHECKPOINT / TRAINER_STATE if run_dir else None
+    if state and state.exists():  # every invocation that trained the weights, with its code state
+        record["segments"] = json.loads(state.read_text()).get("segments", [])
+    write_json(record, folder / "provenance.json")
 
 
 def copy_weights(source: str | Path, target: str | Path, force: bool = False) -> Path:

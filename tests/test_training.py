@@ -16,6 +16,7 @@ from meddiffusion.sr.inference import network_volumes
 from meddiffusion.sr.planes import Task
 from meddiffusion.sr.train import diffusion_loss, regression_loss
 from meddiffusion.training import TrainConfig, train
+from meddiffusion.weights import record_run, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_resume_restores_optimizer_and_continues_identically(pairs, tmp_path, di
     assert state["state"] and all(int(s["step"]) == 3 for s in state["state"].values())
     with pytest.raises(MeddiffError, match="--resume"):
         train(_small_model(diffusion), pairs, loss_fn, config, tmp_path / "b", seed=1)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 3, "elapsed_s": 1000.0}))  # a long first session
+    (ckpt / "trainer_state.json").write_text(json.dumps({**saved, "elapsed_s": 1000.0}))  # a long first session
     resumed = train(_small_model(diffusion), pairs, loss_fn, config, tmp_path / "b", seed=1, resume=True)
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
@@ -81,6 +82,11 @@ def test_resume_restores_optimizer_and_continues_identically(pairs, tmp_path, di
     with open(tmp_path / "b" / "training_log.csv") as handle:
         logged = [float(row["elapsed_s"]) for row in csv.DictReader(handle)]
     assert 1000.0 <= logged[-1] < 1000.0 + 120
+    # the weights' provenance names both invocations, each with the step it started from and its code state
+    folder = save_weights(tmp_path / "weights", resumed, {"task": "toy", "network": {}})
+    record_run(folder, 1, tmp_path / "b")
+    segments = json.loads((folder / "provenance.json").read_text())["segments"]
+    assert [s["from_step"] for s in segments] == [0, 3] and all("commit" in s["code"] for s in segments)
 
 
 class _NoiseResiduals(torch.utils.data.Dataset):
