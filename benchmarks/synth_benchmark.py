@@ -127,7 +127,7 @@ def paint(cases, synthesizer, steps: int) -> tuple[list[dict], dict, dict]:
     normalised = {c: {m: brain_normalise(cases[c][1][m].data[0].numpy()) for m in modalities} for c in hosts}
     tumours = {c: cases[c][2] > 0 for c in hosts}
     rows, examples = [], {}
-    lesions: dict[str, list[tuple[str, dict[str, np.ndarray], np.ndarray]]] = {m: [] for m in METHODS}
+    lesions: dict[str, list[tuple[str, dict[str, np.ndarray], np.ndarray, bool]]] = {m: [] for m in METHODS}
     for h, host in enumerate(hosts):
         case, subject, label = cases[host]
         donor = hosts[(h + 1) % len(hosts)]
