@@ -2,6 +2,7 @@
 
     python benchmarks/sr_benchmark.py [--weights-dir meddiffusion/pretrained] [--slices 8] [--out docs/benchmarks]
     python benchmarks/sr_benchmark.py --validation configs/sr_unet.yaml --out DIR   # choose defaults here
+    python benchmarks/sr_benchmark.py --rows unet "diffusion 1 step, mean of 4" ...  # only these (and bicubic)
 
 Held out (never trained on, never used to choose a default; configs/sr_*.yaml): BRATS 2012 HG0015 (T1, T1c, T2,
 FLAIR; embedded), and from ../shared/data when present BRATS 2015 pat0006 (FLAIR, T1c) and BraTS 2018 2013_11 and
@@ -36,6 +37,7 @@ from meddiffusion.eval.image import (
     uncertainty_error_correlation,
 )
 from meddiffusion.io import load_image
+from meddiffusion.provenance import provenance
 from meddiffusion.sample_data import embedded_case
 from meddiffusion.sr.degradation import degrade, low_res_affine
 from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions
@@ -160,7 +162,10 @@ def run(args: argparse.Namespace) -> dict:
             ref, mask = volume[window], head[window]
             low = degrade(ref, scale, axis)
             rows = methods(task, full=task == "inplane4" and not args.quick)
-            for row, overrides in rows[:5] if args.quick else rows:
+            rows = rows[:5] if args.quick else rows
+            if args.rows:  # these rows on every task, and interpolation: the figure every row is read against
+                rows = [r for i, r in enumerate(methods(task, full=True)) if i == 0 or _base(r[0]) in args.rows]
+            for row, overrides in rows:
                 pipeline, rest = _pipeline(overrides, weights)
                 options = UpscaleOptions(scale=scale, axis=axis, progress=False, seed=0, **rest)
                 started = time.perf_counter()
@@ -177,6 +182,11 @@ def run(args: argparse.Namespace) -> dict:
                 results["lpips"] = lpips_or_reason(ref, ref, data_range)
     results["timing"] = timing(weights) if args.timing else None
     return results
+
+
+def _base(row: str) -> str:
+    """A row's name with the through-plane task's wording made the in-plane one's ("linear" is "bicubic")."""
+    return row.replace("linear", "bicubic")
 
 
 def _pipeline(overrides: dict, weights: dict[str, str]) -> tuple[SRPipeline, dict]:
@@ -259,7 +269,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one volume, few methods: a smoke test of the script")
     parser.add_argument("--only-timing", action="store_true", help="only the whole-volume timing (sr_timing.json)")
     parser.add_argument("--validation", metavar="CONFIG", help="score a training config's validation volumes instead")
+    parser.add_argument("--rows", nargs="+", metavar="ROW", help="score only these method rows (interpolation too)")
     args = parser.parse_args()
+    known = {_base(row) for task in ("inplane4", "through4") for row, _ in methods(task, full=True)}
+    if args.rows and set(args.rows) - known:
+        parser.error(f"unknown row(s) {sorted(set(args.rows) - known)}; known: {sorted(known)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.only_timing:
@@ -268,7 +282,9 @@ def main() -> None:
         (out / "sr_timing.json").write_text(json.dumps(record, indent=2) + "\n")
         return
     started = time.time()
+    made = provenance()  # the command and the code state at the start
     results = run(args)
+    results["provenance"] = made
     results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or ''}"
     results["wall_seconds"] = time.time() - started
     json_name, table_name = (
