@@ -10,25 +10,11 @@ sum over the run's sessions (each session's log restarts its clock), the steps r
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from pathlib import Path
 
-
-def read_log(path: Path) -> tuple[dict[int, dict[str, float]], float]:
-    """Rows by step (the last of a repeated step) and the wall time summed over sessions."""
-    rows: dict[int, dict[str, float]] = {}
-    wall, last = 0.0, 0.0
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            values = {k: float(v) for k, v in row.items() if v not in ("", None)}
-            elapsed = values.get("elapsed_s", 0.0)
-            if elapsed < last:  # a new session: its clock restarted
-                wall += last
-            last = elapsed
-            rows[int(values["step"])] = values
-    return dict(sorted(rows.items())), wall + last
+from meddiffusion.training import read_log
 
 
 def main() -> None:

@@ -295,3 +295,23 @@ def _tensorboard(run_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def read_log(path: Path) -> tuple[dict[int, dict[str, float]], float]:
+    """A run's log (``training_log.csv``, ``validation_log.csv``) as rows by step, the last of a step that a resume
+    repeated, and the wall time of all its sessions, the steps repeated after a stop included. A resumed session's
+    clock goes on from its checkpoint's (older runs restarted it at 0): the work a stop discarded is what the last
+    session ran past the row it resumed after."""
+    rows: dict[int, dict[str, float]] = {}
+    discarded, last = 0.0, 0.0
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            values = {k: float(v) for k, v in row.items() if v not in ("", None)}
+            step, elapsed = int(values["step"]), values.get("elapsed_s", 0.0)
+            if elapsed < last:  # a new session
+                before = max((s for s in rows if s < step), default=None)
+                base = rows[before].get("elapsed_s", 0.0) if before is not None else 0.0
+                discarded += last - (base if base <= elapsed else 0.0)
+            last = elapsed
+            rows[step] = values
+    return dict(sorted(rows.items())), discarded + last

@@ -15,7 +15,7 @@ from meddiffusion.sr.data import SRPairs
 from meddiffusion.sr.inference import network_volumes
 from meddiffusion.sr.planes import Task
 from meddiffusion.sr.train import diffusion_loss, regression_loss
-from meddiffusion.training import TrainConfig, train
+from meddiffusion.training import TrainConfig, read_log, train
 from meddiffusion.weights import record_run, save_weights
 
 
@@ -103,6 +103,19 @@ class _NoiseResiduals(torch.utils.data.Dataset):
             "target": torch.randn(1, 16, 16, generator=g),
             "conditions": torch.tensor([1.0, 0.0]),
         }
+
+
+@pytest.mark.parametrize("resumed_clock", ["from the checkpoint", "from zero"])
+def test_a_resumed_log_keeps_the_last_row_of_a_step_and_counts_the_discarded_work(tmp_path, resumed_clock):
+    """Stopped after step 100 (20 s), resumed from the checkpoint of step 50 (10 s): the 10 s past it were run and
+    thrown away, and steps 75 and 100 are logged twice; a clock that restarted at 0 (older runs) says the same."""
+    offset = 10.0 if resumed_clock == "from the checkpoint" else 0.0
+    rows = [(25, 5.0), (50, 10.0), (75, 15.0), (100, 20.0)] + [(s, offset + e) for s, e in ((75, 5.5), (100, 10.5))]
+    path = tmp_path / "training_log.csv"
+    path.write_text("step,loss,elapsed_s\n" + "".join(f"{s},{s / 1000},{e}\n" for s, e in rows))
+    by_step, wall = read_log(path)
+    assert list(by_step) == [25, 50, 75, 100] and by_step[75]["elapsed_s"] == offset + 5.5
+    assert wall == pytest.approx(20.0 + 10.5)
 
 
 def test_the_mean_of_residual_samples_of_a_trained_toy_model_approaches_the_regression_output(tmp_path):
