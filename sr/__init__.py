@@ -8,3 +8,7 @@ The method names live here, free of heavy imports, so the command line lists the
 METHODS = ("diffusion", "unet", "bicubic")
 #: the methods ``sr train`` trains
 TRAINED = ("diffusion", "unet")
+#: what ``sr upscale`` uses unless told: the best method on the training configs' validation volumes
+#: (``benchmarks/sr_benchmark.py --validation``; docs/benchmarks.md, issue #15). The regression model until the
+#: residual diffusion model over it has been trained and measured there.
+DEFAULT_METHOD = "unet"

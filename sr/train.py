@@ -130,6 +130,7 @@ def _pairs(
     augment: bool,
     prior: SRPipeline | None,
     inplane_only: list[str] | None = None,
+    prior_cache: Path | None = None,
 ) -> SRPairs:
     data = config.data
     return SRPairs(
@@ -142,6 +143,7 @@ def _pairs(
         augment=augment,
         prior=(prior.model, prior.config) if prior is not None else None,
         inplane_only=inplane_only or (),
+        prior_cache=prior_cache,
     )
 
 
@@ -184,10 +186,11 @@ def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at
     """Train and write ``out/weights`` (EMA weights + config + training log); returns that folder."""
     torch.manual_seed(config.seed)
     prior = load_prior(config)
-    train_set = _pairs(config, config.data.train, config.seed, True, prior, config.data.inplane_only)
+    cache = out / "prior_cache"  # the regression's predictions: a resumed run reads them back
+    train_set = _pairs(config, config.data.train, config.seed, True, prior, config.data.inplane_only, cache)
     validate = None
     if config.data.val:
-        val_set = _pairs(config, config.data.val, seed=12345, augment=False, prior=prior)
+        val_set = _pairs(config, config.data.val, seed=12345, augment=False, prior=prior, prior_cache=cache)
         validate = validation(config, val_set)
     described = weights_config(config)
     model = build_diffusion_network(described)

@@ -12,6 +12,7 @@ from meddiffusion.app.cli import main
 from meddiffusion.diffusion import ConditionalUNet, NetworkConfig
 from meddiffusion.io import load_image
 from meddiffusion.paths import PRETRAINED
+from meddiffusion.sr import DEFAULT_METHOD as SR_DEFAULT_METHOD
 from meddiffusion.sr.degradation import degrade, low_res_affine
 from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions, normalised_input
 from meddiffusion.transforms import PERCENTILES, denormalise, signal_mask
@@ -202,7 +203,8 @@ def test_shipped_weights_upscale_a_real_volume_on_cpu(real_crop, tmp_path):
     lr_path = tmp_path / "t2_low.nii.gz"
     nib.save(nib.Nifti1Image(low, low_res_affine(image.affine, 2, "inplane")), lr_path)
     out = tmp_path / "t2_sr.nii.gz"
-    assert main(["sr", "upscale", str(lr_path), str(out), "--scale", "2", "--steps", "2", "--samples", "2"]) == 0
+    command = ["sr", "upscale", str(lr_path), str(out), "--scale", "2", "--method", "diffusion"]
+    assert main([*command, "--steps", "2", "--samples", "2"]) == 0
     sr = nib.load(out)
     assert sr.shape == tuple(image.spatial_shape)
     assert np.allclose(sr.affine, image.affine, atol=1e-4)
@@ -211,15 +213,16 @@ def test_shipped_weights_upscale_a_real_volume_on_cpu(real_crop, tmp_path):
     assert std_record["of"] == str(out) and "standard deviation" in std_record["content"]
     record = json.loads((tmp_path / "t2_sr.json").read_text())
     assert len(record["weights_sha256"]) == 64 and record["options"]["samples"] == 2 and record["slice_axis"] == 2
-    # the shipped regression model beats bicubic interpolation with data consistency on this held-out real slab;
-    # a network that outputs zeros gives exactly the bicubic result (a zero residual) and fails
+    # the default method with the shipped weights beats bicubic interpolation with data consistency on this
+    # held-out real slab; a network that outputs zeros gives exactly the bicubic result (a zero residual) and fails
     ref = image.data[0].numpy()
     errors = {}
-    for method in ("bicubic", "unet"):
+    for method, extra in (("bicubic", ["--method", "bicubic"]), ("default", [])):
         path = tmp_path / f"{method}.nii.gz"
-        assert main(["sr", "upscale", str(lr_path), str(path), "--scale", "2", "--method", method]) == 0
+        assert main(["sr", "upscale", str(lr_path), str(path), "--scale", "2", *extra]) == 0
         errors[method] = np.mean((np.asarray(nib.load(path).dataobj) - ref) ** 2)
-    assert errors["unet"] < 0.95 * errors["bicubic"]
+    assert json.loads((tmp_path / "default.json").read_text())["method"] == SR_DEFAULT_METHOD
+    assert errors["default"] < 0.95 * errors["bicubic"]
 
 
 def _sr_weights(folder, method: str, cond_channels: int, seed: int, prior=None):

@@ -151,6 +151,34 @@ def test_the_mean_of_residual_samples_of_a_trained_toy_model_approaches_the_regr
     assert not near_regression(residuals())
 
 
+def test_a_resumed_residual_run_reads_the_regression_predictions_back_from_its_cache(real_crop, tmp_path, monkeypatch):
+    """Residual diffusion's training pairs need the regression's prediction of every whole volume (an hour on
+    2 cores for the shipped config): cached by weights, task and input, a second data set reads them back and draws
+    the same items; other weights are another key."""
+    regression = _small_model(diffusion=False)
+    weights = {"neighbours": 1, "residual_scale": 10.0, "schedule": dataclasses.asdict(ScheduleConfig())}
+    tasks = [Task(2, "inplane"), Task(4, "through")]
+
+    def pairs(model):
+        return SRPairs([real_crop["t1ce"]], tasks, patch_size=32, seed=0, prior=(model, weights), prior_cache=tmp_path)
+
+    first = pairs(regression)
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and not list(tmp_path.glob(".*"))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the cached prediction was computed again")
+
+    monkeypatch.setattr("meddiffusion.sr.data.network_volumes", no_model)
+    again = pairs(regression)
+    for i in (0, 7, 123):
+        assert all(torch.equal(first[i][k], again[i][k]) for k in ("cond", "target", "conditions"))
+    other = _small_model(diffusion=False)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    with pytest.raises(AssertionError, match="computed again"):
+        pairs(other)
+
+
 def test_inplane_only_volumes_serve_the_inplane_tasks_alone_cut_to_the_head(real_crop):
     """A volume blurred along z trains the in-plane tasks only; every volume is cut to its head's box and stored
     in half precision, and items are full-precision patches of the requested size."""

@@ -16,6 +16,7 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.paths import check_input_file, check_output, weights_folder
 from meddiffusion.provenance import code_state
 from meddiffusion.serialise import json_text
+from meddiffusion.sr import DEFAULT_METHOD as SR_DEFAULT_METHOD
 from meddiffusion.sr import METHODS as SR_METHODS
 
 Handler = Callable[[argparse.Namespace], int]
@@ -363,14 +364,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["inplane", "through"],
         help="inplane: k-space crop on both in-plane axes; through: thick slices (see README)",
     )
-    up.add_argument("--method", default="diffusion", choices=SR_METHODS, help="default: diffusion")
+    up.add_argument(
+        "--method",
+        default=SR_DEFAULT_METHOD,
+        choices=SR_METHODS,
+        help=f"default: {SR_DEFAULT_METHOD} (the best on validation volumes, docs/benchmarks.md)",
+    )
     up.add_argument(
         "--steps",
         type=int,
         default=1,
-        help="sampler steps = network evaluations per plane (default 1: best measured, see docs/benchmarks.md)",
+        help="diffusion: sampler steps = network evaluations per plane (default 1, see docs/benchmarks.md)",
     )
-    up.add_argument("--samples", type=int, default=1, help="K > 1 averages K samples and writes OUTPUT_std.nii.gz")
+    up.add_argument(
+        "--samples", type=int, default=1, help="diffusion: K > 1 averages K samples and writes OUTPUT_std.nii.gz"
+    )
     up.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++", "ddpm"])
     up.add_argument("--no-data-consistency", action="store_true", help="skip the projection onto the measured data")
     up.add_argument(
