@@ -29,6 +29,7 @@ import torch
 
 from meddiffusion.io import load_image
 from meddiffusion.plotting import save_figure, subplots
+from meddiffusion.provenance import provenance
 from meddiffusion.sr.degradation import degrade, plane_normals
 from meddiffusion.sr.inference import network_volumes
 from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions, default_slice_axis, normalised_input
@@ -106,7 +107,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    made = provenance()  # the command and the code state at the start
     pipeline = SRPipeline.from_pretrained(args.weights or "sr-unet")
     linear = SRPipeline.interpolation()
     rows, examples = [], {}
@@ -116,7 +117,14 @@ def main() -> None:
         examples[name] = example
         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"weights": str(pipeline.folder), "scale": args.scale, "machine": platform.machine(), "rows": rows}
+    record = {
+        "provenance": made,
+        "weights": str(pipeline.folder),
+        "weights_sha256": pipeline.hash,
+        "scale": args.scale,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "rows": rows,
+    }
     (args.out / "sr_thick.json").write_text(json.dumps(record, indent=2) + "\n")
     figure(examples, args.out / "sr_thick.png")
 
