@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from meddiffusion.diffusion import ConditionalUNet, build_diffusion_network
 from meddiffusion.errors import MeddiffError
 from meddiffusion.paths import weights_folder
-from meddiffusion.sr import METHODS
+from meddiffusion.sr import DEFAULT_METHOD, METHODS
 from meddiffusion.sr.degradation import (
     AXES,
     check_fits,
@@ -131,9 +131,13 @@ class SRPipeline:
         return cls("bicubic")
 
     @classmethod
-    def for_method(cls, method: str, weights: str | Path | None = None, device: str = "cpu") -> SRPipeline:
-        """The command line's choice: ``--method`` with its shipped weights, or ``--weights`` of that method."""
+    def for_method(cls, method: str | None, weights: str | Path | None = None, device: str = "cpu") -> SRPipeline:
+        """The command line's choice: ``--method`` with its shipped weights, or ``--weights`` of that method; with no
+        method, the weights' own, else the default method."""
         check_device(device)
+        if method is None and weights is not None:
+            return cls.from_pretrained(weights, device)
+        method = method or DEFAULT_METHOD
         if method == "bicubic":
             return cls.interpolation()
         pipeline = cls.from_pretrained(weights or SHIPPED.get(method, method), device)

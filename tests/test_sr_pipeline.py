@@ -160,8 +160,11 @@ def test_cli_errors_for_2d_input_wrong_scale_and_foreign_weights(tmp_path, tiny_
     (other / "config.json").write_text(json.dumps(config))
     (other / "model.safetensors").write_bytes((tiny_weights / "model.safetensors").read_bytes())
     vol = write_nifti(tmp_path / "vol.nii.gz", np.ones((16, 16, 8), np.float32))
-    assert main(["sr", "upscale", str(vol), str(tmp_path / "o.nii.gz"), "--scale", "4", "--weights", str(other)]) == 2
+    command = ["sr", "upscale", str(vol), str(tmp_path / "o.nii.gz"), "--weights", str(other)]
+    assert main([*command, "--scale", "4"]) == 2  # with no --method, the weights' own (diffusion)
     assert "trained for scales [2]" in capsys.readouterr().err
+    assert main([*command, "--scale", "2", "--method", "unet"]) == 2
+    assert "for method 'diffusion', not 'unet'" in capsys.readouterr().err
     assert not (tmp_path / "o.nii.gz").exists()
 
 

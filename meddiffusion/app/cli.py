@@ -366,9 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--method",
-        default=SR_DEFAULT_METHOD,
         choices=SR_METHODS,
-        help=f"default: {SR_DEFAULT_METHOD} (the best on validation volumes, docs/benchmarks.md)",
+        help=f"default: the --weights' own method, else {SR_DEFAULT_METHOD} (best on validation volumes)",
     )
     up.add_argument(
         "--steps",
