@@ -4,7 +4,7 @@ spread of the embeddings against steps, as a figure and a JSON summary.
     python benchmarks/ssl_pretraining.py --run ~/meddiff-runs/ssl --out docs/benchmarks
 
 A resumed run logs again the steps after its last checkpoint: the last row of each step is kept. Wall time is the
-sum over the run's sessions (each session's log restarts its clock), the steps repeated after a stop included.
+sum over the run's sessions (``meddiffusion.training.read_log``), the steps repeated after a stop included.
 """
 
 from __future__ import annotations

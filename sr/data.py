@@ -9,7 +9,7 @@ Volumes blurred along z (thick slices resampled to 1 mm, as many TCGA-derived Br
 through-plane targets: listed as ``inplane_only`` they serve the in-plane tasks alone. To hold tens of volumes in
 memory, each is cut to its head's box (plus a margin, so that the degradation's ringing near the edge is kept)
 and its planes are stored in half precision (about 1e-3 of the normalised range, far below the errors learned).
-Residual diffusion's regression prediction of each whole volume (about an hour for sixty volumes on 2 CPU cores)
+Residual diffusion's regression prediction of each whole volume (well over an hour for sixty volumes on 2 CPU cores)
 is kept in a cache folder when one is given, so that a resumed run reads it back instead.
 """
 
