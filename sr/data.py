@@ -122,18 +122,19 @@ class SRPairs(Dataset):
     def _prior_volume(self, low: np.ndarray, task: Task, slice_axis: int, normals: list[int]) -> np.ndarray:
         """The regression's prediction in half precision (as its planes are stored): computed, or read back from the
         cache under a key of the model's weights, the task and the low-resolution input's own bytes."""
-        if self.prior_cache is None:
-            return network_volumes(*self.prior, low, task, slice_axis, normals)[0].astype(np.float16)
-        key = hashlib.sha256(f"{self._prior_digest}|{task.scale}|{task.axis}|{slice_axis}|{low.shape}".encode())
-        key.update(np.ascontiguousarray(low).tobytes())
-        path = self.prior_cache / f"{key.hexdigest()[:32]}.npy"
-        if path.is_file():
-            return np.load(path)
+        path = None
+        if self.prior_cache is not None:
+            key = hashlib.sha256(f"{self._prior_digest}|{task.scale}|{task.axis}|{slice_axis}|{low.shape}".encode())
+            key.update(np.ascontiguousarray(low).tobytes())
+            path = self.prior_cache / f"{key.hexdigest()[:32]}.npy"
+            if path.is_file():
+                return np.load(path)
         volume = network_volumes(*self.prior, low, task, slice_axis, normals)[0].astype(np.float16)
-        self.prior_cache.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-        np.save(partial, volume)
-        os.replace(partial, path)  # a stopped run leaves no partial entry
+        if path is not None:
+            self.prior_cache.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.stem}.{os.getpid()}.npy")
+            np.save(partial, volume)
+            os.replace(partial, path)  # a stopped run leaves no partial entry
         return volume
 
     def __len__(self) -> int:
