@@ -2,13 +2,15 @@
 from scratch, with 1, 2, 4, 8 and all training cases of each cross-validation fold, at the same budget.
 
     python benchmarks/ssl_label_efficiency.py --pretrained RUN/weights --out ~/meddiff-runs/ssl-curve \\
-        [--steps 1000] [--labels 1 2 4 8 all] [--folds 5] [--run-folds 0 1] [--finished-only]
+        [--steps 1000] [--labels 1 2 4 8 all] [--folds 5] [--run-folds 0 1] [--finished-only] [--include-rows CSV]
 
 Folds are ``meddiff seg ablate``'s (by patient, seed 0, the 20 cases of ``configs/seg_cases.csv``). Within a fold
 the labelled subsets are nested (the first n of one seeded shuffle of its training cases), so a larger subset
 only adds cases; both arms of one cell see the same cases, steps, seed and recipe (``configs/seg_dualpath.yaml``
 without its validation cases), and differ only in ``init``. Every held-out case is scored on its own grid
-(``eval.cases``). A finished cell is kept: the benchmark continues where it stopped. Writes ``per_case.csv``,
+(``eval.cases``). A finished cell is kept: the benchmark continues where it stopped; ``--include-rows`` adds the
+rows of cells finished elsewhere (an earlier run's ``per_case.csv``, e.g. the committed one) where this run has
+no such cell, so a curve can be completed on a machine that lost the earlier cells' folders. Writes ``per_case.csv``,
 ``curve.json`` (mean Dice per arm and size, the fraction of the all-labels Dice each point reaches, and the
 paired difference pretrained - scratch over patients with its t-interval) and ``curve.png``.
 """
@@ -52,6 +54,19 @@ def run_cell(config, pretrained: Path, arm: str, ids: list[str], test_ids: list[
     rows = evaluate_cases(segmenter.predict, cases, test_ids, run / "pred", config.data.modalities)
     write_json(rows, done)
     return rows
+
+
+def included_rows(path: Path, rows: list[dict], sizes: list[str]) -> list[dict]:
+    """Rows of ``path`` (a ``per_case.csv``) whose cell (fold, labels, arm) this run does not hold, for ``sizes``."""
+    from meddiffusion.eval.report import read_csv
+
+    here = {(r["fold"], r["labels"], r["arm"]) for r in rows}
+    out = []
+    for r in read_csv(path):  # numbers come back as floats: the label count "2" as 2.0
+        r["fold"], r["labels"] = int(r["fold"]), r["labels"] if r["labels"] == "all" else str(int(r["labels"]))
+        if r["labels"] in sizes and (r["fold"], r["labels"], r["arm"]) not in here:
+            out.append(r)
+    return out
 
 
 def summarise(rows: list[dict], sizes: list[str]) -> dict:
@@ -118,6 +133,7 @@ def main() -> None:
     parser.add_argument("--run-folds", type=int, nargs="+", help="only these folds (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--finished-only", action="store_true", help="summarise the finished cells; train nothing")
+    parser.add_argument("--include-rows", type=Path, help="per_case.csv of cells finished in an earlier run")
     args = parser.parse_args()
 
     from meddiffusion.data.layouts import read_dataset
@@ -139,6 +155,8 @@ def main() -> None:
                     continue
                 for r in run_cell(config, args.pretrained, arm, ids, test_ids, cases, run):
                     rows.append({"fold": fold, "labels": size, "arm": arm, "n_train": len(ids), **r})
+    if args.include_rows is not None:
+        rows = included_rows(args.include_rows, rows, args.labels) + rows
     write_csv(rows, args.out / "per_case.csv")
     summary = summarise(rows, args.labels)
     (args.out / "curve.json").write_text(json.dumps(summary, indent=2) + "\n")
