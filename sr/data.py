@@ -9,14 +9,18 @@ Volumes blurred along z (thick slices resampled to 1 mm, as many TCGA-derived Br
 through-plane targets: listed as ``inplane_only`` they serve the in-plane tasks alone. To hold tens of volumes in
 memory, each is cut to its head's box (plus a margin, so that the degradation's ringing near the edge is kept)
 and its planes are stored in half precision (about 1e-3 of the normalised range, far below the errors learned).
-Residual diffusion's regression prediction of each whole volume (well over an hour for sixty volumes on 2 CPU cores)
-is kept in a cache folder when one is given, so that a resumed run reads it back instead.
+Residual diffusion needs the regression's prediction of every plane it trains on: of each whole volume, well over an
+hour for sixty volumes on 2 CPU cores. A plane's prediction depends on that plane and its neighbours only, so with
+``prior_planes`` it is computed (exactly as at inference) on that many planes per volume, task and plane family,
+and patches are drawn from those planes alone. The predictions are kept in a cache folder when one is given, so that
+a resumed run reads them back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from meddiffusion.data.sampling import PatchSampler, pad_to
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import load_image
 from meddiffusion.sr.degradation import check_fits, degrade, degraded_axes, plane_normals
-from meddiffusion.sr.inference import network_volumes
+from meddiffusion.sr.inference import predict_planes
 from meddiffusion.sr.planes import Task, interpolate_volume, plane_conditions, to_planes
 from meddiffusion.transforms import normalise, robust_range, signal_mask
 
@@ -52,8 +56,10 @@ class SRPairs(Dataset):
         prior: tuple[torch.nn.Module, dict] | None = None,
         inplane_only: Sequence[str | Path] = (),
         prior_cache: str | Path | None = None,
+        prior_planes: int | None = None,
     ) -> None:
         self.prior = prior
+        self.prior_planes = prior_planes
         self.prior_cache = Path(prior_cache) if prior_cache is not None and prior is not None else None
         if self.prior_cache is not None:  # the cache key names the regression model's exact weights
             digest = hashlib.sha256()
@@ -102,40 +108,53 @@ class SRPairs(Dataset):
             stored = to_planes(volume, task.axis, slice_axis, normal)
             return torch.from_numpy(np.ascontiguousarray(stored, np.float16 if stored.dtype.kind == "f" else None))
 
-        # residual diffusion: the regression model's prediction of the whole volume, computed once, as at inference
-        prior = self._prior_volume(low_n, task, slice_axis, normals) if self.prior else None
         out = []
         for normal in normals:
-            up = interpolate_volume(low_n, task, slice_axis, normal, mode="bicubic")
-            entry = {
-                "path": path,
-                "task": task,
-                "high": planes(high_n, normal),
-                "up": planes(up, normal),
-                "sampler": PatchSampler(planes(mask, normal), self.patch_size),
-            }
-            if prior is not None:
-                entry["prior"] = planes(prior, normal)
+            up = torch.from_numpy(
+                to_planes(
+                    interpolate_volume(low_n, task, slice_axis, normal, "bicubic"), task.axis, slice_axis, normal
+                ).copy()
+            )
+            entry = {"path": path, "task": task, "high": planes(high_n, normal), "up": up.half()}
+            mask_planes = planes(mask, normal)
+            if self.prior:  # residual diffusion: the regression's prediction of the planes patches come from
+                chosen = self._chosen_planes(mask_planes, f"{path}|{task.scale}|{task.axis}|{slice_axis}|{normal}")
+                entry["prior"] = torch.zeros_like(entry["up"])
+                entry["prior"][chosen] = self._prior_planes(up, chosen, task, slice_axis, normal).half()
+                keep = torch.zeros(len(mask_planes), dtype=torch.bool)
+                keep[chosen] = True
+                mask_planes = mask_planes & keep[:, None, None]
+            entry["sampler"] = PatchSampler(mask_planes, self.patch_size)
             out.append(entry)
         return out
 
-    def _prior_volume(self, low: np.ndarray, task: Task, slice_axis: int, normals: list[int]) -> np.ndarray:
-        """The regression's prediction in half precision (as its planes are stored): computed, or read back from the
-        cache under a key of the model's weights, the task and the low-resolution input's own bytes."""
+    def _chosen_planes(self, mask: torch.Tensor, name: str) -> torch.Tensor:
+        """``prior_planes`` of the planes the patch sampler draws from (all with ``None``), by a seeded choice."""
+        candidates = PatchSampler(mask, self.patch_size).foreground_planes
+        if self.prior_planes is None or self.prior_planes >= len(candidates):
+            return torch.from_numpy(candidates)
+        rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+        return torch.from_numpy(np.sort(rng.choice(candidates, self.prior_planes, replace=False)))
+
+    def _prior_planes(self, up: torch.Tensor, chosen: torch.Tensor, task: Task, slice_axis: int, normal: int):
+        """The regression's prediction of planes ``chosen`` (as at inference, from the float32 interpolation):
+        computed, or read back from the cache under a key of the model's weights, the task, the planes and the
+        interpolated input's own bytes."""
         path = None
         if self.prior_cache is not None:
-            key = hashlib.sha256(f"{self._prior_digest}|{task.scale}|{task.axis}|{slice_axis}|{low.shape}".encode())
-            key.update(np.ascontiguousarray(low).tobytes())
+            key = hashlib.sha256(f"{self._prior_digest}|{task.scale}|{task.axis}|{slice_axis}|{normal}".encode())
+            key.update(up.numpy().tobytes())
+            key.update(chosen.numpy().astype(np.int64).tobytes())
             path = self.prior_cache / f"{key.hexdigest()[:32]}.npy"
             if path.is_file():
-                return np.load(path)
-        volume = network_volumes(*self.prior, low, task, slice_axis, normals)[0].astype(np.float16)
+                return torch.from_numpy(np.load(path))
+        prediction = predict_planes(*self.prior, up, chosen, task).half()
         if path is not None:
             self.prior_cache.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f".{path.stem}.{os.getpid()}.npy")
-            np.save(partial, volume)
+            np.save(partial, prediction.numpy())
             os.replace(partial, path)  # a stopped run leaves no partial entry
-        return volume
+        return prediction
 
     def __len__(self) -> int:
         return self.length

@@ -2,8 +2,8 @@
 pairs that need a regression model's prediction (residual diffusion learns what the regression misses).
 
 The network predicts a residual over a *base*: the interpolated planes, or (residual diffusion) the regression
-model's prediction, which then is also a conditioning channel. Planes run in batches through MONAI's sliding-window
-inferer, so memory stays bounded for large planes.
+model's prediction of the same plane family, which then is also a conditioning channel. Planes run in batches
+through MONAI's sliding-window inferer, so memory stays bounded for large planes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,40 @@ from meddiffusion.sr.planes import Task, from_planes, interpolate_volume, plane_
 
 
 @torch.no_grad()
-def network_volumes(
+def predict_planes(
+    model: ConditionalUNet,
+    config: dict[str, Any],
+    interpolated: torch.Tensor,
+    index: torch.Tensor,
+    task: Task,
+    *,
+    prior: torch.Tensor | None = None,
+    steps: int = 1,
+    sampler: str = "ddim",
+    generator: torch.Generator | None = None,
+    batch_size: int = 8,
+    tile: int = 256,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """Planes ``index`` of one plane family at high resolution (normalised): the base (the ``interpolated`` planes,
+    or residual diffusion's ``prior`` planes of the same family) plus the network's residual. Each plane depends
+    on its own and its neighbours' planes only, so a subset costs only its own planes."""
+    scheduler = make_scheduler(sampler, **config["schedule"])
+    conditions = torch.tensor([task.conditions()], dtype=torch.float32, device=device)
+    multiple = model.config.downsampling
+    roi = tuple(min(tile, -(-n // multiple) * multiple) for n in interpolated.shape[1:])
+
+    def predict(window: torch.Tensor) -> torch.Tensor:
+        return sample(model, scheduler, window, conditions.expand(window.shape[0], -1), steps, generator)
+
+    index = torch.as_tensor(index).reshape(-1)
+    cond = (2.0 * plane_conditions(interpolated, prior, index, config["neighbours"]) - 1.0).float().to(device)
+    residual = sliding_window_inference(cond, roi, batch_size, predict, overlap=0.25, mode="gaussian", cval=-1.0)
+    base = (interpolated if prior is None else prior)[index].float()
+    return base + residual[:, 0].cpu() / config["residual_scale"]
+
+
+def family_volumes(
     model: ConditionalUNet,
     config: dict[str, Any],
     low: np.ndarray,
@@ -28,7 +61,7 @@ def network_volumes(
     slice_axis: int,
     normals: list[int],
     *,
-    prior: np.ndarray | None = None,
+    priors: dict[int, np.ndarray] | None = None,
     samples: int = 1,
     steps: int = 1,
     sampler: str = "ddim",
@@ -37,41 +70,44 @@ def network_volumes(
     tile: int = 256,
     device: str = "cpu",
     progress: bool = False,
-) -> list[np.ndarray]:
-    """One normalised high-resolution volume per sample: the base (interpolation, or ``prior``) plus the network's
-    residual, averaged over the plane families ``normals``."""
-    neighbours, residual_scale = config["neighbours"], config["residual_scale"]
-    scheduler = make_scheduler(sampler, **config["schedule"])
-    multiple = model.config.downsampling
-    conditions = torch.tensor([task.conditions()], dtype=torch.float32, device=device)
+) -> list[dict[int, np.ndarray]]:
+    """Per sample, the normalised high-resolution volume of each plane family ``normals`` (through-plane SR runs on
+    two families); residual diffusion refines each family's regression prediction ``priors[normal]``."""
 
     def planes_of(volume: np.ndarray, normal: int) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(to_planes(volume, task.axis, slice_axis, normal)))
 
     # the conditioning planes are the same for every sample: computed once per plane family
     interpolated = {n: planes_of(interpolate_volume(low, task, slice_axis, n, "bicubic"), n) for n in normals}
-    priors = {n: planes_of(prior, n) for n in normals} if prior is not None else {}
+    prior_planes = {n: planes_of(priors[n], n) for n in normals} if priors is not None else {}
     volumes = []
     for k in range(samples):
         generator = torch.Generator(device).manual_seed(seed * 1000 + k)
-        per_normal = []
+        families = {}
         for normal, planes in interpolated.items():
-            base = priors.get(normal, planes)
-            h, w = planes.shape[1:]
-            roi = tuple(min(tile, -(-n // multiple) * multiple) for n in (h, w))
-
-            def predict(window: torch.Tensor, generator=generator) -> torch.Tensor:
-                return sample(model, scheduler, window, conditions.expand(window.shape[0], -1), steps, generator)
-
             result = torch.empty_like(planes)
             batches = torch.arange(planes.shape[0]).split(batch_size)
             label = f"sample {k + 1}/{samples}, planes normal to axis {normal}"
             for idx in tqdm(batches, desc=label, disable=not progress, leave=False):
-                cond = (2.0 * plane_conditions(planes, priors.get(normal), idx, neighbours) - 1.0).to(device)
-                residual = sliding_window_inference(
-                    cond, roi, batch_size, predict, overlap=0.25, mode="gaussian", cval=-1.0
+                result[idx] = predict_planes(
+                    model,
+                    config,
+                    planes,
+                    idx,
+                    task,
+                    prior=prior_planes.get(normal),
+                    steps=steps,
+                    sampler=sampler,
+                    generator=generator,
+                    batch_size=batch_size,
+                    tile=tile,
+                    device=device,
                 )
-                result[idx] = base[idx] + residual[:, 0].cpu() / residual_scale
-            per_normal.append(from_planes(result.numpy(), task.axis, slice_axis, normal))
-        volumes.append(np.mean(per_normal, axis=0))
+            families[normal] = from_planes(result.numpy(), task.axis, slice_axis, normal)
+        volumes.append(families)
     return volumes
+
+
+def network_volumes(*args: Any, **kwargs: Any) -> list[np.ndarray]:
+    """One normalised high-resolution volume per sample: ``family_volumes`` averaged over the plane families."""
+    return [np.mean(list(families.values()), axis=0) for families in family_volumes(*args, **kwargs)]

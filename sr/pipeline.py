@@ -31,7 +31,7 @@ from meddiffusion.sr.degradation import (
     physical_consistency,
     plane_normals,
 )
-from meddiffusion.sr.inference import network_volumes
+from meddiffusion.sr.inference import family_volumes, network_volumes
 from meddiffusion.sr.planes import Task, interpolate_volume
 from meddiffusion.transforms import denormalise, normalise, robust_range
 from meddiffusion.weights import check_device, load_weights, weights_hash
@@ -197,10 +197,10 @@ class SRPipeline:
                 "device": self.device,
                 "progress": options.progress,
             }
-            prior = None
-            if self.prior is not None:  # residual diffusion: the regression's prediction is the base it refines
-                info["prior_weights_sha256"] = self.prior.hash
-                prior = network_volumes(self.prior.model, self.prior.config, low, task, slice_axis, normals, **run)[0]
+            priors = None
+            if self.prior is not None:  # residual diffusion: each plane family refines the regression's prediction
+                info["prior_weights_sha256"] = self.prior.hash  # of that family (their mean is the regression's)
+                priors = family_volumes(self.prior.model, self.prior.config, low, task, slice_axis, normals, **run)[0]
             outs = network_volumes(
                 self.model,
                 self.config,
@@ -208,7 +208,7 @@ class SRPipeline:
                 task,
                 slice_axis,
                 normals,
-                prior=prior,
+                priors=priors,
                 samples=options.samples,
                 steps=options.steps,
                 sampler=options.sampler,

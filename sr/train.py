@@ -43,6 +43,9 @@ class SRDataConfig:
     #: residual diffusion: a regression model's weights folder (``method: unet``); the diffusion model learns the
     #: residual over its prediction, which is also a conditioning channel. None: the residual over interpolation.
     prior: str | None = None
+    #: residual diffusion: train on the regression's prediction of this many planes per volume, task and plane
+    #: family (its cost), chosen by seed among the planes with head in them; None: every such plane
+    prior_planes: int | None = None
 
     def __post_init__(self) -> None:
         if bad := [a for a in self.axes if a not in AXES]:
@@ -144,6 +147,7 @@ def _pairs(
         prior=(prior.model, prior.config) if prior is not None else None,
         inplane_only=inplane_only or (),
         prior_cache=prior_cache,
+        prior_planes=data.prior_planes,
     )
 
 

@@ -136,7 +136,7 @@ def test_the_mean_of_residual_samples_of_a_trained_toy_model_approaches_the_regr
 
     def residuals() -> np.ndarray:  # in the training target's units: (sample - regression) * residual_scale
         volumes = network_volumes(
-            trained.eval(), weights, low, Task(2, "inplane"), 2, [2], prior=prior, samples=n, steps=4
+            trained.eval(), weights, low, Task(2, "inplane"), 2, [2], priors={2: prior}, samples=n, steps=4
         )
         return (np.stack(volumes) - prior) * weights["residual_scale"]
 
@@ -152,23 +152,31 @@ def test_the_mean_of_residual_samples_of_a_trained_toy_model_approaches_the_regr
 
 
 def test_a_resumed_residual_run_reads_the_regression_predictions_back_from_its_cache(real_crop, tmp_path, monkeypatch):
-    """Residual diffusion's training pairs need the regression's prediction of every whole volume (an hour on
-    2 cores for the shipped config): cached by weights, task and input, a second data set reads them back and draws
-    the same items; other weights are another key."""
+    """Residual diffusion's training pairs need the regression's prediction of the planes they draw from: cached by
+    weights, task, plane family, planes and input, a second data set reads them back and draws the same items;
+    other weights are another key."""
     regression = _small_model(diffusion=False)
     weights = {"neighbours": 1, "residual_scale": 10.0, "schedule": dataclasses.asdict(ScheduleConfig())}
     tasks = [Task(2, "inplane"), Task(4, "through")]
 
     def pairs(model):
-        return SRPairs([real_crop["t1ce"]], tasks, patch_size=32, seed=0, prior=(model, weights), prior_cache=tmp_path)
+        return SRPairs(
+            [real_crop["t1ce"]],
+            tasks,
+            patch_size=32,
+            seed=0,
+            prior=(model, weights),
+            prior_cache=tmp_path,
+            prior_planes=4,
+        )
 
     first = pairs(regression)
-    assert len(list(tmp_path.glob("*.npy"))) == 2 and not list(tmp_path.glob(".*"))
+    assert len(list(tmp_path.glob("*.npy"))) == 3 and not list(tmp_path.glob(".*"))  # in-plane 1 family, through 2
 
     def no_model(*args, **kwargs):
         raise AssertionError("the cached prediction was computed again")
 
-    monkeypatch.setattr("meddiffusion.sr.data.network_volumes", no_model)
+    monkeypatch.setattr("meddiffusion.sr.data.predict_planes", no_model)
     again = pairs(regression)
     for i in (0, 7, 123):
         assert all(torch.equal(first[i][k], again[i][k]) for k in ("cond", "target", "conditions"))
@@ -177,6 +185,30 @@ def test_a_resumed_residual_run_reads_the_regression_predictions_back_from_its_c
         next(other.parameters()).add_(1e-3)
     with pytest.raises(AssertionError, match="computed again"):
         pairs(other)
+
+
+@pytest.mark.parametrize("task", [Task(2, "inplane"), Task(4, "through")], ids=["inplane", "through"])
+def test_residual_pairs_predict_a_few_planes_exactly_and_draw_patches_from_them_alone(real_crop, task):
+    """The regression's prediction of a few planes per family is the same as of every plane (a plane depends on its
+    own and its neighbours' planes only), so training sees what inference computes at a fraction of the cost;
+    patches come from those planes alone (a plane without a prediction would condition on zeros)."""
+    regression = _small_model(diffusion=False)
+    weights = {"neighbours": 1, "residual_scale": 10.0, "schedule": dataclasses.asdict(ScheduleConfig())}
+
+    def pairs(planes):
+        return SRPairs([real_crop["t1ce"]], [task], patch_size=32, prior=(regression, weights), prior_planes=planes)
+
+    few, every = pairs(3), pairs(None)
+    for a, b in zip(few.entries, every.entries, strict=True):
+        chosen = torch.nonzero(a["sampler"].mask.flatten(1).any(1))[:, 0]
+        assert len(chosen) == 3 and set(a["sampler"].foreground_planes) == set(chosen.tolist())
+        assert torch.allclose(a["prior"][chosen].float(), b["prior"][chosen].float(), atol=2e-3)
+        others = torch.ones(len(a["prior"]), dtype=torch.bool)
+        others[chosen] = False
+        assert not a["prior"][others].any() and b["prior"][others].abs().sum() > 0
+    for i in range(40):
+        item = few[i]
+        assert (item["cond"][-1] > -1).any()  # the prior channel (normalised to [-1, 1]) holds a prediction
 
 
 def test_inplane_only_volumes_serve_the_inplane_tasks_alone_cut_to_the_head(real_crop):
