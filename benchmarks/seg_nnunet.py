@@ -7,6 +7,11 @@
     python benchmarks/seg_nnunet.py score --work ~/meddiff-runs/nnunet --batch-size 8 --out docs/benchmarks \
         --budget-from ~/meddiff-runs/seg-cv/full                      # and the paired comparison with it
 
+On a machine without the toolkit's run folders: ``run --budget-s SECONDS`` gives every fold that budget, and
+``score --budget-from docs/benchmarks/seg_cv20_per_case.csv --include-rows docs/benchmarks/seg_nnunet_per_case.csv``
+compares with the committed per-case rows of the toolkit (its ``full`` variant) and keeps the committed nnU-Net rows
+of folds whose predictions are not here.
+
 ``prepare`` writes the cases of ``configs/seg_cases.csv`` (labels mapped to BraTS 2021 by the toolkit's own data
 layer) as nnU-Net raw data set 501 with nnU-Net's BraTS conventions: four channels (FLAIR, T1, T1ce, T2; a
 modality a case lacks is all zeros, as the toolkit's segmenter sees it), labels 1 oedema, 2 necrotic core,
@@ -35,10 +40,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from meddiffusion.data.labels import UNDELINEATED
 from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.splits import kfold_splits
 from meddiffusion.eval.cases import reference_label, score_case
-from meddiffusion.eval.report import write_csv
+from meddiffusion.eval.report import read_csv, write_csv
 from meddiffusion.eval.stats import paired_comparison
 from meddiffusion.io import modality_names, read_rows
 
@@ -124,7 +130,7 @@ def _results(work: Path, configuration: str) -> Path:
     return work / "results" / DATASET / f"{TRAINER}__nnUNetPlans__{configuration}"
 
 
-def run(work: Path, venv: Path, folds: list[int], budget_from: Path, batch_size: int | None) -> None:
+def run(work: Path, venv: Path, folds: list[int], budget_from: Path | float, batch_size: int | None) -> None:
     env, bin_ = _env(work), venv / "bin"
     preprocessed = work / "preprocessed" / DATASET
     if not (preprocessed / "nnUNetPlans.json").exists():
@@ -145,7 +151,7 @@ def run(work: Path, venv: Path, folds: list[int], budget_from: Path, batch_size:
     for fold in folds:
         if (_results(work, configuration) / f"fold_{fold}" / "validation" / "summary.json").exists():
             continue  # finished (a fold stopped part-way starts again: the budget is measured in its first epoch)
-        budget = _budget(budget_from, fold)
+        budget = budget_from if isinstance(budget_from, float) else _budget(budget_from, fold)
         fold_env = {**env, "MEDDIFF_NNUNET_BUDGET_S": str(budget), "nnUNet_n_proc_DA": "1"}
         started = time.time()
         command = [bin_ / "nnUNetv2_train", "501", configuration, str(fold), "-tr", TRAINER, "-device", "cpu"]
@@ -154,15 +160,18 @@ def run(work: Path, venv: Path, folds: list[int], budget_from: Path, batch_size:
         timing_file.write_text(json.dumps(timing, indent=2) + "\n")
 
 
-def score(work: Path, out: Path, batch_size: int | None, against: Path | None) -> None:
+def score(work: Path, out: Path, batch_size: int | None, against: Path | None, include: Path | None = None) -> None:
     cases = {c.case_id: c for c in read_dataset(CASES) if c.label is not None}
     splits = json.loads((work / "splits_final.json").read_text())
     configuration = _configuration_name(batch_size)
+    earlier = {r["case_id"]: r for r in read_csv(include)} if include is not None else {}
     rows = []
     for fold, split in enumerate(splits):
         for case_id in split["val"]:
             path = _results(work, configuration) / f"fold_{fold}" / "validation" / f"{case_id}.nii.gz"
             if not path.exists():
+                if case_id in earlier:  # scored in an earlier run whose predictions this machine lacks
+                    rows.append({**earlier[case_id], "fold": fold})
                 continue
             subject, label = reference_label(cases[case_id], CHANNELS)
             pred = FROM_NNUNET[np.asarray(nib.load(path).dataobj).astype(np.int64)]
@@ -181,7 +190,14 @@ def score(work: Path, out: Path, batch_size: int | None, against: Path | None) -
 def compare(rows: list[dict], against: Path, timing: Path, path: Path) -> None:
     """nnU-Net minus the toolkit's variant (``seg ablate`` folder) on the patients both have scored, paired by
     patient (t-interval, Wilcoxon, d_z), with each fold's training budget."""
-    ours = {r["case_id"]: r for fold in sorted(against.glob("fold*/metrics.json")) for r in read_rows(fold)}
+    if against.is_file():  # a per-case CSV of `seg ablate` (every variant): the toolkit's recipe is `full`
+        ours = {r["case_id"]: r for r in read_csv(against) if r["variant"] == "full"}
+        conventions = {c.case_id: c.convention for c in read_dataset(CASES)}
+        for case_id, row in ours.items():  # rows written before the scoring left undelineated regions undefined
+            for region in UNDELINEATED.get(conventions[case_id], ()):
+                row.update({k: float("nan") for k in row if k.startswith(f"{region}_")})
+    else:
+        ours = {r["case_id"]: r for fold in sorted(against.glob("fold*/metrics.json")) for r in read_rows(fold)}
     theirs = {r["case_id"]: r for r in rows}
     common = sorted(set(ours) & set(theirs))
     result = {"patients": common, "budget": json.loads(timing.read_text()) if timing.exists() else None}
@@ -203,19 +219,22 @@ def main() -> None:
     parser.add_argument(
         "--budget-from",
         type=Path,
-        help="`seg ablate` variant folder: run gives nnU-Net its per-fold training time; score compares with it",
+        help="`seg ablate` variant folder: run gives nnU-Net its per-fold training time; score compares with it "
+        "(score: or its per-case CSV)",
     )
+    parser.add_argument("--budget-s", type=float, help="run: this many training seconds for every fold instead")
+    parser.add_argument("--include-rows", type=Path, help="score: nnU-Net rows of folds predicted elsewhere")
     parser.add_argument("--batch-size", type=int, help="instead of the planned one (a GPU's memory sets nnU-Net's)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.work)
     elif args.step == "run":
-        if args.budget_from is None:
-            parser.error("run needs --budget-from")
-        run(args.work, args.venv, args.folds, args.budget_from, args.batch_size)
+        if (args.budget_from is None) == (args.budget_s is None):
+            parser.error("run needs one of --budget-from and --budget-s")
+        run(args.work, args.venv, args.folds, args.budget_s or args.budget_from, args.batch_size)
     else:
-        score(args.work, args.out, args.batch_size, args.budget_from)
+        score(args.work, args.out, args.batch_size, args.budget_from, args.include_rows)
 
 
 if __name__ == "__main__":
