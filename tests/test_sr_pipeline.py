@@ -271,3 +271,24 @@ def test_residual_diffusion_with_a_zero_residual_is_the_regression_output(tmp_pa
     assert len(result.info["prior_weights_sha256"]) == 64
     untouched = SRPipeline.from_pretrained(residual).upscale(low, np.eye(4), (1, 1, 1), options)
     assert not np.allclose(untouched.volume, expected, atol=1e-3)  # a non-zero residual does change it
+
+
+def test_sr_train_fits_residual_diffusion_over_a_regression_model_end_to_end(tmp_path, real_crop):
+    """`meddiff sr train` with a `data.prior`: pairs over a few planes' regression prediction, a few steps, a weights
+    folder that carries the regression model and upscales a volume through it."""
+    regression, _ = _sr_weights(tmp_path / "unet", "unet", 3, seed=1)
+    config = tmp_path / "residual.yaml"
+    config.write_text(
+        "method: diffusion\n"
+        "network: {cond_channels: 4, block_out_channels: [8, 8], norm_num_groups: 4}\n"
+        f"data: {{train: [{real_crop['t1ce']}], prior: unet, prior_planes: 3, patch_size: 32, scales: [2]}}\n"
+        "train: {steps: 4, batch_size: 2, checkpoint_every: 2, log_every: 2, validate_every: 100, threads: 1}\n"
+    )
+    assert main(["sr", "train", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    caches = list((tmp_path / "run" / "prior_cache").glob("*.npy"))
+    assert len(caches) == 3 and all(np.load(c).shape[0] == 3 for c in caches)  # in-plane 1 family, through 2
+    pipeline = SRPipeline.from_pretrained(tmp_path / "run" / "weights")
+    assert pipeline.prior is not None and pipeline.prior.hash == SRPipeline.from_pretrained(regression).hash
+    low = degrade(load_image(real_crop["t1ce"]).data[0].numpy(), 2, "through")
+    options = UpscaleOptions(scale=2, axis="through", steps=2, progress=False)
+    assert pipeline.upscale(low, np.eye(4), (1, 1, 2), options).volume.shape == (64, 64, 32)
