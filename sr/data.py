@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from meddiffusion.data.sampling import PatchSampler, pad_to
 from meddiffusion.errors import MeddiffError
@@ -76,7 +77,9 @@ class SRPairs(Dataset):
         self.entries: list[dict] = []
         # in the order given (a set's order changes between processes, and items must not)
         only = [str(p) for p in inplane_only]
-        for path in dict.fromkeys([*map(str, paths), *only]):
+        unique = list(dict.fromkeys([*map(str, paths), *only]))
+        # preparing tens of volumes (with a regression prior: its predictions) takes minutes: show it
+        for path in tqdm(unique, desc="preparing training pairs", unit="volume", disable=len(unique) < 4):
             volume = head_box(load_image(path).data[0].numpy())
             for task in tasks:
                 if task.axis != "inplane" and path in only:
