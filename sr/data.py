@@ -79,7 +79,7 @@ class SRPairs(Dataset):
         only = [str(p) for p in inplane_only]
         unique = list(dict.fromkeys([*map(str, paths), *only]))
         # preparing tens of volumes (with a regression prior: its predictions) takes minutes: show it
-        for path in tqdm(unique, desc="preparing training pairs", unit="volume", disable=len(unique) < 4):
+        for path in tqdm(unique, desc="preparing SR pairs", unit="volume", disable=len(unique) < 4):
             volume = head_box(load_image(path).data[0].numpy())
             for task in tasks:
                 if task.axis != "inplane" and path in only:
