@@ -83,11 +83,13 @@ def summarise(rows: list[dict], sizes: list[str]) -> dict:
                 out["mean"][f"{arm}/{size}"] = means
                 wt = [r["WT_dice"] for r in cell]  # one held-out patient each
                 out["wt_ci95"][f"{arm}/{size}"] = list(t_interval(wt)) if len(wt) > 1 else [np.nan, np.nan]
-    for key, value in out["mean"].items():
-        arm = key.split("/")[0]
-        if f"{arm}/all" in out["mean"]:
-            full = out["mean"][f"{arm}/all"]["WT"]
-            out["fraction_of_all"][key] = value["WT"] / full if full else float("nan")
+    wt = {(r["arm"], r["labels"], r["case_id"]): r["WT_dice"] for r in rows}
+    for key in out["mean"]:
+        arm, size = key.split("/")
+        # over the patients both this point and the all-labels point have (a curve may be finished in part)
+        both = [c for (a, s, c) in wt if a == arm and s == size and (arm, "all", c) in wt]
+        full = float(np.mean([wt[arm, "all", c] for c in both])) if both else float("nan")
+        out["fraction_of_all"][key] = float(np.mean([wt[arm, size, c] for c in both])) / full if full else float("nan")
     for size in sizes:
         # one pair per patient: the same held-out case under both arms (cases are held out once across folds)
         a = {r["case_id"]: r["WT_dice"] for r in rows if r["arm"] == "scratch" and r["labels"] == size}
@@ -157,6 +159,7 @@ def main() -> None:
                     rows.append({"fold": fold, "labels": size, "arm": arm, "n_train": len(ids), **r})
     if args.include_rows is not None:
         rows = included_rows(args.include_rows, rows, args.labels) + rows
+    args.out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.out / "per_case.csv")
     summary = summarise(rows, args.labels)
     (args.out / "curve.json").write_text(json.dumps(summary, indent=2) + "\n")
