@@ -73,7 +73,7 @@ def summarise(rows: list[dict], sizes: list[str]) -> dict:
     from meddiffusion.errors import MeddiffError
     from meddiffusion.eval.stats import paired_comparison, t_interval
 
-    out: dict = {"mean": {}, "wt_ci95": {}, "fraction_of_all": {}, "pretrained_minus_scratch": {}}
+    out: dict = {"mean": {}, "n": {}, "wt_ci95": {}, "fraction_of_all": {}, "pretrained_minus_scratch": {}}
     out["patients"] = len({r["case_id"] for r in rows})
     for arm in ARMS:
         for size in sizes:
@@ -81,6 +81,7 @@ def summarise(rows: list[dict], sizes: list[str]) -> dict:
             if cell:
                 means = {m: float(np.nanmean([r[f"{m}_dice"] for r in cell])) for m in ("WT", "TC", "ET")}
                 out["mean"][f"{arm}/{size}"] = means
+                out["n"][f"{arm}/{size}"] = len(cell)
                 wt = [r["WT_dice"] for r in cell]  # one held-out patient each
                 out["wt_ci95"][f"{arm}/{size}"] = list(t_interval(wt)) if len(wt) > 1 else [np.nan, np.nan]
     wt = {(r["arm"], r["labels"], r["case_id"]): r["WT_dice"] for r in rows}
@@ -115,10 +116,10 @@ def plot(summary: dict, sizes: list[str], path: Path) -> None:
         lo, hi = np.array([summary["wt_ci95"][f"{arm}/{s}"] for s in xs]).T
         x = np.arange(len(xs)) + (k - 0.5) * 0.08  # side by side, so the intervals do not hide each other
         ax.errorbar(x, means, yerr=[means - lo, hi - means], marker="o", capsize=3, label=arm)
-        ax.set_xticks(range(len(xs)), xs)
+        ax.set_xticks(range(len(xs)), [f"{s}\n({summary['n'][f'{arm}/{s}']} patients)" for s in xs])
     ax.set_xlabel("labelled training cases")
     ax.set_ylabel("whole-tumour Dice (held-out cases)")
-    ax.set_title(f"mean and 95 % t-interval over {summary['patients']} held-out patients", fontsize=9)
+    ax.set_title("mean and 95 % t-interval over the held-out patients", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
