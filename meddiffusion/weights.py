@@ -100,8 +100,9 @@ def record_run(folder: str | Path, n_parameters: int, run_dir: str | Path | None
 
 def copy_weights(source: str | Path, target: str | Path, force: bool = False) -> Path:
     """Copy a weights folder (a run's ``weights/`` into the package, say) with every relative path that its JSON
-    records name re-based on the new place: the records keep naming the same data files. The copy is made beside
-    ``target`` and moved into place, so a failure leaves no partial folder."""
+    records name re-based on the new place, those of folders inside it too (residual diffusion's ``prior``): the
+    records keep naming the same data files. The copy is made beside ``target`` and moved into place, so a failure
+    leaves no partial folder."""
     source, target = Path(source).resolve(), Path(target)
     read_config(source)
     if target.exists() and not force:
@@ -110,8 +111,9 @@ def copy_weights(source: str | Path, target: str | Path, force: bool = False) ->
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True)
-        for record in staging.glob("*.json"):
-            text = json_text(_rebase(json.loads(record.read_text()), source, target.resolve()))
+        for record in staging.rglob("*.json"):
+            inside = record.parent.relative_to(staging)  # each record names paths relative to its own folder
+            text = json_text(_rebase(json.loads(record.read_text()), source / inside, target.resolve() / inside))
             record.write_text(text + "\n")
         os.chmod(staging, 0o777 & ~current_umask())
         if target.exists():

@@ -46,7 +46,7 @@ class UpscaleOptions:
 
     scale: int = 2
     axis: str = "inplane"
-    steps: int = 1  # diffusion: best for the first release's weights, chosen on benchmark volumes (docs/benchmarks.md)
+    steps: int = 1  # diffusion: best of 1, 4, 10 for the shipped weights on validation volumes (docs/benchmarks.md)
     samples: int = 1
     sampler: str = "ddim"
     data_consistency: bool = True

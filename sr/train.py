@@ -7,7 +7,6 @@ residual) or the regression baseline on the same backbone (``method: unet``, L1 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from meddiffusion.sr.degradation import AXES
 from meddiffusion.sr.pipeline import SRPipeline
 from meddiffusion.sr.planes import Task
 from meddiffusion.training import TrainConfig, train, write_run_files
-from meddiffusion.weights import record_run, save_weights
+from meddiffusion.weights import copy_weights, record_run, save_weights
 
 
 @dataclass
@@ -218,7 +217,7 @@ def run_training(config: SRTrainConfig, out: Path, resume: bool = False, stop_at
         return folder
     described["training"] = {"config": config_record(config, folder)}
     if prior is not None:  # the folder carries the regression model it refines: it alone reproduces the method
-        shutil.copytree(prior.folder, folder / "prior", dirs_exist_ok=True)
+        copy_weights(prior.folder, folder / "prior", force=True)  # its data paths re-based on the new place
         described["prior"] = "prior"
     save_weights(folder, model, described)
     record_run(folder, model.n_parameters, out, ("training_log.csv", "validation_log.csv"))

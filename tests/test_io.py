@@ -162,12 +162,15 @@ def test_copied_weights_name_the_same_training_data_from_their_new_place(tmp_pat
     recorded = os.path.relpath(data, source)
     training = {"data": [recorded], "model": "dualpath"}
     save_weights(source, torch.nn.Linear(2, 1), {"network": {}, "training": training, "prior": "prior"})
-    (source / "prior").mkdir()  # a folder inside the weights (residual diffusion's regression model) moves with them
+    # a weights folder inside the weights (residual diffusion's regression model) moves with them, its records too
+    save_weights(source / "prior", torch.nn.Linear(2, 1), {"network": {}, "training": {"data": ["../" + recorded]}})
     target = tmp_path / "repo" / "pkg" / "pretrained" / "seg"
     copy_weights(source, target)
     config = json.loads((target / "config.json").read_text())
     assert config["training"]["data"][0] != recorded and (target / config["training"]["data"][0]).resolve() == data
     assert config["training"]["model"] == "dualpath" and config["prior"] == "prior" and (target / "prior").is_dir()
+    inner = json.loads((target / "prior" / "config.json").read_text())["training"]["data"][0]
+    assert (target / "prior" / inner).resolve() == data
     assert (target / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
     with pytest.raises(MeddiffError, match="exists"):
         copy_weights(source, target)
