@@ -31,7 +31,7 @@ from meddiffusion.io import load_image
 from meddiffusion.plotting import save_figure, subplots
 from meddiffusion.provenance import provenance
 from meddiffusion.sr.degradation import degrade, plane_normals
-from meddiffusion.sr.inference import network_volumes
+from meddiffusion.sr.inference import family_volumes
 from meddiffusion.sr.pipeline import SRPipeline, UpscaleOptions, default_slice_axis, normalised_input
 from meddiffusion.sr.planes import Task
 from meddiffusion.transforms import head_mask
@@ -46,10 +46,8 @@ def family_agreement(pipeline: SRPipeline, volume: np.ndarray, scale: int, slice
     families that contain the thick axis."""
     low = normalised_input(volume)[0]
     task = Task(scale, "through")
-    outs = [
-        network_volumes(pipeline.model, pipeline.config, low, task, slice_axis, [n])[0]
-        for n in plane_normals("through", slice_axis)
-    ]
+    normals = plane_normals("through", slice_axis)
+    outs = list(family_volumes(pipeline.model, pipeline.config, low, task, slice_axis, normals)[0].values())
     head = head_mask(outs[0])
     mse = float(np.mean((outs[0][head] - outs[1][head]) ** 2))
     return float(10 * np.log10(1.0 / max(mse, 1e-12)))
