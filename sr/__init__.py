@@ -9,6 +9,6 @@ METHODS = ("diffusion", "unet", "bicubic")
 #: the methods ``sr train`` trains
 TRAINED = ("diffusion", "unet")
 #: what ``sr upscale`` uses unless told: the best method on the training configs' validation volumes
-#: (``benchmarks/sr_benchmark.py --validation``; docs/benchmarks.md, issue #15). The regression model until the
-#: residual diffusion model over it has been trained and measured there.
+#: (``benchmarks/sr_benchmark.py --validation``; docs/benchmarks.md, issue #15). The regression model: residual
+#: diffusion over it (1 step) scores the same there, within 0.02 dB, in twice the time.
 DEFAULT_METHOD = "unet"
