@@ -88,3 +88,20 @@ def test_config_records_name_data_relative_to_themselves_and_package_files_by_pa
         "../data/a.nii.gz",
         "pkg:nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["seg", "train"],
+        ["seg", "ablate", "--data", "d.csv"],
+        ["sr", "train", "--config", "c.yaml"],
+        ["ssl", "pretrain"],
+    ],
+)
+def test_every_trainer_takes_threads_as_a_config_override(argv):
+    from meddiffusion.app.cli import _overrides, build_parser
+
+    args = build_parser().parse_args([*argv, "--out", "run", "--threads", "1", "--steps", "7"])
+    train = {key: value for key, value in _overrides(args).items() if key.startswith("train.")}
+    assert train == {"train.threads": 1, "train.steps": 7}

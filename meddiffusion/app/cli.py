@@ -85,7 +85,13 @@ FLAG_KEYS = {
     "model": "network.model",
     "steps": "train.steps",
     "mixed_precision": "train.mixed_precision",
+    "threads": "train.threads",
 }
+#: the trainers' --threads help: one run is fastest with every core, several independent runs gain from one each
+THREADS_HELP = (
+    "override train.threads (torch threads; on 2 cores one run is fastest with 2, but two 1-thread runs side by side"
+    " do more steps an hour between them)"
+)
 #: flags that name files: relative to the working directory, so made absolute before they reach a config
 PATH_FLAGS = ("data", "init")
 
@@ -404,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="override train.steps")
     train.add_argument("--stop-at", type=int, help="end this run at that step (checkpointed); continue with --resume")
     train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override train.mixed_precision")
+    train.add_argument("--threads", type=int, help=THREADS_HELP)
     train.set_defaults(handler=_sr_train)
 
     ev = commands.add_parser("eval", help="metrics, reports, paired statistics").add_subparsers(
@@ -458,6 +465,7 @@ def _add_seg(commands) -> None:
         p.add_argument("--model", choices=["dualpath", "unet", "swinunetr"], help="override network.model")
         p.add_argument("--steps", type=int, help="override train.steps")
         p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override train.mixed_precision")
+        p.add_argument("--threads", type=int, help=THREADS_HELP)
         p.add_argument("--out", required=True, help="run folder")
 
     train = sub.add_parser("train", help="train a segmenter on a data set (+ synthetic cases)")
@@ -508,6 +516,7 @@ def _add_ssl(commands) -> None:
     pretrain.add_argument("--data", nargs="+", help="image files, case folders or data sets; overrides data.data")
     pretrain.add_argument("--config", help="YAML config, e.g. configs/ssl_dino.yaml")
     pretrain.add_argument("--steps", type=int, help="override train.steps")
+    pretrain.add_argument("--threads", type=int, help=THREADS_HELP)
     pretrain.add_argument("--out", required=True, help="run folder")
     pretrain.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     pretrain.add_argument(
