@@ -140,7 +140,7 @@ def main() -> None:
         "--threads",
         type=int,
         help="torch threads of every cell (default: the config's); on 2 cores, two 1-thread runs of different folds"
-        " side by side do 5-13 %% more steps an hour than one 2-thread run",
+        " side by side did about 8 %% more steps an hour than one 2-thread run",
     )
     parser.add_argument("--finished-only", action="store_true", help="summarise the finished cells; train nothing")
     parser.add_argument("--include-rows", type=Path, help="per_case.csv of cells finished in an earlier run")

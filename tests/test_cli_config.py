@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from meddiffusion.app.cli import main
+from meddiffusion.app.cli import _overrides, build_parser, main
 from meddiffusion.errors import MeddiffError
 from meddiffusion.sr.degradation import low_res_affine
 from meddiffusion.sr.train import load_sr_config
@@ -100,8 +100,6 @@ def test_config_records_name_data_relative_to_themselves_and_package_files_by_pa
     ],
 )
 def test_every_trainer_takes_threads_as_a_config_override(argv):
-    from meddiffusion.app.cli import _overrides, build_parser
-
     args = build_parser().parse_args([*argv, "--out", "run", "--threads", "1", "--steps", "7"])
     train = {key: value for key, value in _overrides(args).items() if key.startswith("train.")}
     assert train == {"train.threads": 1, "train.steps": 7}
