@@ -2,7 +2,7 @@
 from scratch, with 1, 2, 4, 8 and all training cases of each cross-validation fold, at the same budget.
 
     python benchmarks/ssl_label_efficiency.py --pretrained RUN/weights --out ~/meddiff-runs/ssl-curve \\
-        [--steps 1000] [--labels 1 2 4 8 all] [--folds 5] [--run-folds 0 1] [--threads N]
+        [--steps 1000] [--labels 1 2 4 8 all] [--folds 5] [--run-folds 0 1] [--arms scratch] [--threads N]
         [--finished-only] [--include-rows CSV]
 
 Folds are ``meddiff seg ablate``'s (by patient, seed 0, the 20 cases of ``configs/seg_cases.csv``). Within a fold
@@ -137,6 +137,13 @@ def main() -> None:
     parser.add_argument("--run-folds", type=int, nargs="+", help="only these folds (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARMS,
+        default=list(ARMS),
+        help="only these arms (default: both): two processes can share a fold's last cells",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         help="torch threads of every cell (default: the config's); on 2 cores, two 1-thread runs of different folds"
@@ -162,7 +169,7 @@ def main() -> None:
         if args.run_folds is not None and fold not in args.run_folds:
             continue
         for size, ids in subsets(train_ids, args.labels, args.seed + fold).items():
-            for arm in ARMS:
+            for arm in args.arms:
                 run = args.out / f"fold{fold}" / f"{size}_{arm}"
                 if args.finished_only and not (run / "metrics.json").exists():
                     continue
