@@ -117,8 +117,8 @@ def plot(summary: dict, sizes: list[str], path: Path) -> None:
         lo, hi = np.array([summary["wt_ci95"][f"{arm}/{s}"] for s in xs]).T
         x = np.arange(len(xs)) + (k - 0.5) * 0.08  # side by side, so the intervals do not hide each other
         ax.errorbar(x, means, yerr=[means - lo, hi - means], marker="o", capsize=3, label=arm)
-        ax.set_xticks(range(len(xs)), [f"{s}\n({summary['n'][f'{arm}/{s}']} patients)" for s in xs])
-    ax.set_xlabel("labelled training cases")
+        ax.set_xticks(range(len(xs)), [f"{s}\n(n={summary['n'][f'{arm}/{s}']})" for s in xs])
+    ax.set_xlabel("labelled training cases (n: held-out patients)")
     ax.set_ylabel("whole-tumour Dice (held-out cases)")
     ax.set_title("mean and 95 % t-interval over the held-out patients", fontsize=9)
     ax.legend()
