@@ -184,12 +184,19 @@ def score(work: Path, out: Path, batch_size: int | None, against: Path | None, i
         values = [r[f"{region}_dice"] for r in rows if np.isfinite(r[f"{region}_dice"])]
         print(f"nnU-Net {region} Dice {np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} over {len(values)} cases")
     if against is not None:
-        compare(rows, against, work / f"train_seconds_{configuration}.json", out / "seg_nnunet_vs_toolkit.json")
+        timing_file = work / f"train_seconds_{configuration}.json"
+        timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+        comparison = out / "seg_nnunet_vs_toolkit.json"
+        if include is not None and comparison.exists():  # the budgets of the folds whose rows were included
+            earlier_budget = json.loads(comparison.read_text()).get("budget") or {}
+            included = {str(r["fold"]) for r in rows if r["case_id"] in earlier} - set(timing)
+            timing |= {fold: earlier_budget[fold] for fold in included if fold in earlier_budget}
+        compare(rows, against, dict(sorted(timing.items())), comparison)
 
 
-def compare(rows: list[dict], against: Path, timing: Path, path: Path) -> None:
+def compare(rows: list[dict], against: Path, timing: dict, path: Path) -> None:
     """nnU-Net minus the toolkit's variant (``seg ablate`` folder) on the patients both have scored, paired by
-    patient (t-interval, Wilcoxon, d_z), with each fold's training budget."""
+    patient (t-interval, Wilcoxon, d_z), with each fold's training budget (``timing``: fold -> seconds)."""
     if against.is_file():  # a per-case CSV of `seg ablate` (every variant): the toolkit's recipe is `full`
         ours = {r["case_id"]: r for r in read_csv(against) if r["variant"] == "full"}
         conventions = {c.case_id: c.convention for c in read_dataset(CASES)}
@@ -200,7 +207,7 @@ def compare(rows: list[dict], against: Path, timing: Path, path: Path) -> None:
         ours = {r["case_id"]: r for fold in sorted(against.glob("fold*/metrics.json")) for r in read_rows(fold)}
     theirs = {r["case_id"]: r for r in rows}
     common = sorted(set(ours) & set(theirs))
-    result = {"patients": common, "budget": json.loads(timing.read_text()) if timing.exists() else None}
+    result = {"patients": common, "budget": timing or None}
     for metric in ("WT_dice", "TC_dice", "ET_dice", "WT_hd95", "TC_hd95", "ET_hd95"):
         a, b = [ours[c][metric] for c in common], [theirs[c][metric] for c in common]
         result[metric] = {"toolkit": float(np.nanmean(a)), "nnunet": float(np.nanmean(b))}
