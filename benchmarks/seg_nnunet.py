@@ -214,6 +214,16 @@ def compare(rows: list[dict], against: Path, timing: dict, path: Path) -> None:
         if len(common) >= 2:
             result[metric]["nnunet_minus_toolkit"] = paired_comparison(a, b)
         print(f"{metric}: toolkit {np.nanmean(a):.3f}, nnU-Net {np.nanmean(b):.3f} ({len(common)} patients)")
+    result["per_fold"] = {}  # every fold in the table: mean Dice over its held-out patients (NaN: undelineated)
+    for fold in sorted({int(theirs[c]["fold"]) for c in common}):
+        cases = [c for c in common if int(theirs[c]["fold"]) == fold]
+        result["per_fold"][str(fold)] = {
+            "patients": cases,
+            **{
+                method: {m: float(np.nanmean([rows_[c][f"{m}_dice"] for c in cases])) for m in ("WT", "TC", "ET")}
+                for method, rows_ in (("toolkit", ours), ("nnunet", theirs))
+            },
+        }
     path.write_text(json.dumps(result, indent=2, default=float) + "\n")
 
 
