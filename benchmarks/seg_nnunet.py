@@ -196,7 +196,8 @@ def score(work: Path, out: Path, batch_size: int | None, against: Path | None, i
 
 def compare(rows: list[dict], against: Path, timing: dict, path: Path) -> None:
     """nnU-Net minus the toolkit's variant (``seg ablate`` folder) on the patients both have scored, paired by
-    patient (t-interval, Wilcoxon, d_z), with each fold's training budget (``timing``: fold -> seconds)."""
+    patient (t-interval, Wilcoxon, d_z), with each fold's training budget (``timing``: fold -> its budget and
+    measured seconds)."""
     if against.is_file():  # a per-case CSV of `seg ablate` (every variant): the toolkit's recipe is `full`
         ours = {r["case_id"]: r for r in read_csv(against) if r["variant"] == "full"}
         conventions = {c.case_id: c.convention for c in read_dataset(CASES)}
