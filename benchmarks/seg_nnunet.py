@@ -187,11 +187,10 @@ def score(work: Path, out: Path, batch_size: int | None, against: Path | None, i
         timing_file = work / f"train_seconds_{configuration}.json"
         timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
         comparison = out / "seg_nnunet_vs_toolkit.json"
-        if include is not None and comparison.exists():  # the budgets of the folds whose rows were included
-            earlier_budget = json.loads(comparison.read_text()).get("budget") or {}
-            included = {str(r["fold"]) for r in rows if r["case_id"] in earlier} - set(timing)
-            timing |= {fold: earlier_budget[fold] for fold in included if fold in earlier_budget}
-        compare(rows, against, dict(sorted(timing.items())), comparison)
+        if include is not None and comparison.exists():  # folds trained elsewhere keep that run's budget record
+            timing = (json.loads(comparison.read_text()).get("budget") or {}) | timing
+        folds = {str(r["fold"]) for r in rows}
+        compare(rows, against, {f: timing[f] for f in sorted(timing) if f in folds}, comparison)
 
 
 def compare(rows: list[dict], against: Path, timing: dict, path: Path) -> None:
