@@ -3,14 +3,20 @@
     python benchmarks/seg_benchmark.py [--runs RUNS] [--steps 500] [--folds 5] [--out docs/benchmarks]
     python benchmarks/seg_benchmark.py --only-timing
     python benchmarks/seg_benchmark.py --inference WEIGHTS --val-cases ID ...   # inference settings: seconds, Dice
+    python benchmarks/seg_benchmark.py --runs RUNS --finished-only --no-timing --prefix seg_cv20_peers \
+        --include-rows docs/benchmarks/seg_cv20_per_case.csv docs/benchmarks/seg_nnunet_per_case.csv
 
 Cross-validation (``meddiff seg ablate``, continued if ``--runs`` holds finished folds): every variant of
 ``segmentation/variants.py`` on the same k folds (by patient) and seeds, configs/seg_dualpath.yaml with
 ``--steps`` training steps per fold; metrics on each held-out case on its original grid. Writes
-``seg_cv_table.md`` and ``seg_cv_per_case.csv``. Timing (this machine, 2 threads, nothing else running): seconds
-per training step (the config's batch and patch, 2.5D, four modalities) and per predicted 240 x 240 x 155
-volume with the shipped weights, and each measurement's peak resident memory (its own process). Writes
-``seg_timing.json``.
+``seg_cv_table.md`` and ``seg_cv_per_case.csv`` (``--prefix`` renames them). ``--include-rows`` adds the rows of
+methods and folds scored elsewhere (the full model's committed rows, nnU-Net's), so that every method of the same
+folds is in one table, paired with the full model over the same patients; regions a case's label convention does
+not delineate are undefined in every row, also in rows scored before that rule.
+
+Timing (this machine, 2 threads, nothing else running): seconds per training step (the config's batch and patch,
+2.5D, four modalities) and per predicted 240 x 240 x 155 volume with the shipped weights, and each measurement's
+peak resident memory (its own process). Writes ``seg_timing.json``.
 """
 
 from __future__ import annotations
@@ -28,8 +34,27 @@ CONFIG = ROOT / "configs" / "seg_dualpath.yaml"
 PAT0006 = ROOT.parent / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_pat0006_1"
 
 
-def cross_validation(runs: Path, steps: int, folds: int, out: Path, finished_only: bool) -> None:
+def included_rows(paths: list[Path], rows: list[dict]) -> list[dict]:
+    """Rows of ``paths`` (per-case CSVs) whose (variant, fold) this run does not hold, the first file's first."""
+    from meddiffusion.eval.report import read_csv
+
+    held = {(r["variant"], r["fold"]) for r in rows}
+    out = []
+    for path in paths:
+        for r in read_csv(path):  # numbers come back as floats: the fold as 0.0
+            r["fold"] = int(r["fold"])
+            if (r["variant"], r["fold"]) not in held:
+                out.append(r)
+        held |= {(r["variant"], r["fold"]) for r in out}
+    return out
+
+
+def cross_validation(
+    runs: Path, steps: int, folds: int, out: Path, finished_only: bool, include: list[Path], prefix: str
+) -> None:
     from meddiffusion.app.ablation import cross_validate, summary_table
+    from meddiffusion.data.layouts import read_dataset
+    from meddiffusion.eval.cases import undefine_undelineated
     from meddiffusion.eval.report import write_csv
     from meddiffusion.io import read_rows
     from meddiffusion.segmentation.train import load_seg_config
@@ -38,11 +63,14 @@ def cross_validation(runs: Path, steps: int, folds: int, out: Path, finished_onl
     config = load_seg_config(CONFIG, {"train.steps": steps})
     if finished_only:  # report the folds that have finished, train nothing
         rows = [r for path in sorted(runs.glob("*/fold*/metrics.json")) for r in read_rows(path)]
-        rows.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["fold"]))
     else:
         rows = cross_validate(config, runs, list(VARIANTS), folds)
-    write_csv(rows, out / "seg_cv_per_case.csv")
-    (out / "seg_cv_table.md").write_text(summary_table(rows))
+    conventions = {c.case_id: c.convention for c in read_dataset(ROOT / "configs" / "seg_cases.csv")}
+    rows = [undefine_undelineated(r, conventions[r["case_id"]]) for r in included_rows(include, rows) + rows]
+    order = list(VARIANTS)  # the toolkit's variants first, in their order, then peers scored elsewhere (nnunet)
+    rows.sort(key=lambda r: (order.index(r["variant"]) if r["variant"] in order else len(order), r["fold"]))
+    write_csv(rows, out / f"{prefix}_per_case.csv")
+    (out / f"{prefix}_table.md").write_text(summary_table(rows))
     print(summary_table(rows))
 
 
@@ -174,6 +202,8 @@ def main() -> None:
     parser.add_argument("--only-timing", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--finished-only", action="store_true", help="tabulate finished folds only; train nothing")
+    parser.add_argument("--include-rows", nargs="+", type=Path, default=[], help="per-case CSVs scored elsewhere")
+    parser.add_argument("--prefix", default="seg_cv", help="names of the table and per-case files")
     parser.add_argument("--inference", metavar="WEIGHTS", help="only: each inference setting's seconds and Dice")
     parser.add_argument("--val-cases", nargs="+", default=[], help="validation case ids of configs/seg_cases.csv")
     args = parser.parse_args()
@@ -183,7 +213,9 @@ def main() -> None:
         inference_settings(Path(args.inference), ROOT / "configs" / "seg_cases.csv", args.val_cases, out)
         return
     if not args.only_timing:
-        cross_validation(Path(args.runs), args.steps, args.folds, out, args.finished_only)
+        cross_validation(
+            Path(args.runs), args.steps, args.folds, out, args.finished_only, args.include_rows, args.prefix
+        )
     if not args.no_timing:
         timing(out)
 

@@ -40,10 +40,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from meddiffusion.data.labels import UNDELINEATED
 from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.splits import kfold_splits
-from meddiffusion.eval.cases import reference_label, score_case
+from meddiffusion.eval.cases import reference_label, score_case, undefine_undelineated
 from meddiffusion.eval.report import read_csv, write_csv
 from meddiffusion.eval.stats import paired_comparison
 from meddiffusion.io import modality_names, read_rows
@@ -201,8 +200,7 @@ def compare(rows: list[dict], against: Path, timing: dict, path: Path) -> None:
         ours = {r["case_id"]: r for r in read_csv(against) if r["variant"] == "full"}
         conventions = {c.case_id: c.convention for c in read_dataset(CASES)}
         for case_id, row in ours.items():  # rows written before the scoring left undelineated regions undefined
-            for region in UNDELINEATED.get(conventions[case_id], ()):
-                row.update({k: float("nan") for k in row if k.startswith(f"{region}_")})
+            undefine_undelineated(row, conventions[case_id])
     else:
         ours = {r["case_id"]: r for fold in sorted(against.glob("fold*/metrics.json")) for r in read_rows(fold)}
     theirs = {r["case_id"]: r for r in rows}

@@ -36,8 +36,13 @@ def reference_label(case: CaseFiles, modalities: Sequence[str]) -> tuple[tio.Sub
 def score_case(pred: np.ndarray, label: np.ndarray, spacing: tuple[float, ...], case: CaseFiles) -> dict[str, float]:
     """Metrics of a prediction against the case's label (both BraTS 2021 numbers); the regions the case's own label
     convention does not delineate (``UNDELINEATED``) are undefined (NaN) and drop out of means and paired tests."""
-    metrics = evaluate_segmentation(pred, label, spacing, "brats2021")
-    for region in UNDELINEATED.get(case.convention, ()):
+    return undefine_undelineated(evaluate_segmentation(pred, label, spacing, "brats2021"), case.convention)
+
+
+def undefine_undelineated(metrics: dict[str, Any], convention: str) -> dict[str, Any]:
+    """``metrics`` (a case's row) with the regions that ``convention`` does not delineate set undefined (NaN), in
+    place: also for rows scored before that rule (BRATS 2012's ET was then scored as if absent)."""
+    for region in UNDELINEATED.get(convention, ()):
         metrics.update({k: float("nan") for k in metrics if k.startswith(f"{region}_")})
     return metrics
 
