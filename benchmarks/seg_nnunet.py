@@ -23,7 +23,9 @@ many seconds as the toolkit's own run of that fold took (``--budget-from``: the 
 final weights and mirroring. Planned for a GPU, nnU-Net's 2D batch is 105 slices of 192 x 160 (about 40 s a step
 on 2 cores: some 50 steps in a 35-minute budget); ``--batch-size 8`` (the toolkit's) is the one change made, as an
 nnU-Net configuration inheriting the planned one. ``score`` maps the predictions back to BraTS 2021 labels on each
-case's grid and scores them with the toolkit's evaluation (``eval.cases``), like every other method.
+case's grid and scores them with the toolkit's evaluation (``eval.cases``), like every other method;
+``score --postprocess`` first applies the toolkit's post-processing (``segmentation.predict.postprocess``: tumour
+components under a tenth of the largest dropped) to nnU-Net's predictions, to separate the networks from that step.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from meddiffusion.eval.cases import reference_label, score_case, undefine_undeli
 from meddiffusion.eval.report import read_csv, write_csv
 from meddiffusion.eval.stats import paired_comparison
 from meddiffusion.io import modality_names, read_rows
+from meddiffusion.segmentation.predict import postprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "configs" / "seg_cases.csv"
@@ -159,7 +162,17 @@ def run(work: Path, venv: Path, folds: list[int], budget_from: Path | float, bat
         timing_file.write_text(json.dumps(timing, indent=2) + "\n")
 
 
-def score(work: Path, out: Path, batch_size: int | None, against: Path | None, include: Path | None = None) -> None:
+def score(
+    work: Path,
+    out: Path,
+    batch_size: int | None,
+    against: Path | None,
+    include: Path | None = None,
+    post: bool = False,
+) -> None:
+    """Score nnU-Net's predictions (``post``: after the toolkit's post-processing, as ``nnunet_pp``, written beside
+    the plain rows) and compare them with the toolkit's."""
+    name = "nnunet_pp" if post else "nnunet"
     cases = {c.case_id: c for c in read_dataset(CASES) if c.label is not None}
     splits = json.loads((work / "splits_final.json").read_text())
     configuration = _configuration_name(batch_size)
@@ -174,18 +187,19 @@ def score(work: Path, out: Path, batch_size: int | None, against: Path | None, i
                 continue
             subject, label = reference_label(cases[case_id], CHANNELS)
             pred = FROM_NNUNET[np.asarray(nib.load(path).dataobj).astype(np.int64)]
+            pred = postprocess(pred) if post else pred
             spacing = tuple(subject[modality_names(subject)[0]].spacing)
             metrics = score_case(pred, label, spacing, cases[case_id])
-            rows.append({"variant": "nnunet", "fold": fold, "case_id": case_id, **metrics})
+            rows.append({"variant": name, "fold": fold, "case_id": case_id, **metrics})
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "seg_nnunet_per_case.csv")
+    write_csv(rows, out / f"seg_{name}_per_case.csv")
     for region in ("WT", "TC", "ET"):
         values = [r[f"{region}_dice"] for r in rows if np.isfinite(r[f"{region}_dice"])]
         print(f"nnU-Net {region} Dice {np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} over {len(values)} cases")
     if against is not None:
         timing_file = work / f"train_seconds_{configuration}.json"
         timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-        comparison = out / "seg_nnunet_vs_toolkit.json"
+        comparison = out / f"seg_{name}_vs_toolkit.json"
         if include is not None and comparison.exists():  # folds trained elsewhere keep that run's budget record
             timing = (json.loads(comparison.read_text()).get("budget") or {}) | timing
         folds = {str(r["fold"]) for r in rows}
@@ -240,6 +254,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, help="run: this many training seconds for every fold instead")
     parser.add_argument("--include-rows", type=Path, help="score: nnU-Net rows of folds predicted elsewhere")
     parser.add_argument("--batch-size", type=int, help="instead of the planned one (a GPU's memory sets nnU-Net's)")
+    parser.add_argument(
+        "--postprocess", action="store_true", help="score: after the toolkit's post-processing (seg_nnunet_pp_*)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
     if args.step == "prepare":
@@ -249,7 +266,7 @@ def main() -> None:
             parser.error("run needs one of --budget-from and --budget-s")
         run(args.work, args.venv, args.folds, args.budget_s or args.budget_from, args.batch_size)
     else:
-        score(args.work, args.out, args.batch_size, args.budget_from, args.include_rows)
+        score(args.work, args.out, args.batch_size, args.budget_from, args.include_rows, args.postprocess)
 
 
 if __name__ == "__main__":
