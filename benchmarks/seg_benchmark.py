@@ -52,23 +52,20 @@ def included_rows(paths: list[Path], rows: list[dict]) -> list[dict]:
 def cross_validation(
     runs: Path, steps: int, folds: int, out: Path, finished_only: bool, include: list[Path], prefix: str
 ) -> None:
-    from meddiffusion.app.ablation import cross_validate, summary_table
+    from meddiffusion.app.ablation import by_variant, cross_validate, finished_rows, summary_table
     from meddiffusion.data.layouts import read_dataset
     from meddiffusion.eval.cases import undefine_undelineated
     from meddiffusion.eval.report import write_csv
-    from meddiffusion.io import read_rows
     from meddiffusion.segmentation.train import load_seg_config
     from meddiffusion.segmentation.variants import VARIANTS
 
     config = load_seg_config(CONFIG, {"train.steps": steps})
-    if finished_only:  # report the folds that have finished, train nothing
-        rows = [r for path in sorted(runs.glob("*/fold*/metrics.json")) for r in read_rows(path)]
-    else:
-        rows = cross_validate(config, runs, list(VARIANTS), folds)
+    # --finished-only: report the folds that have finished, train nothing
+    rows = finished_rows(runs) if finished_only else cross_validate(config, runs, list(VARIANTS), folds)
     conventions = {c.case_id: c.convention for c in read_dataset(ROOT / "configs" / "seg_cases.csv")}
-    rows = [undefine_undelineated(r, conventions[r["case_id"]]) for r in included_rows(include, rows) + rows]
-    order = list(VARIANTS)  # the toolkit's variants first, in their order, then peers scored elsewhere (nnunet)
-    rows.sort(key=lambda r: (order.index(r["variant"]) if r["variant"] in order else len(order), r["fold"]))
+    rows = by_variant(
+        [undefine_undelineated(r, conventions[r["case_id"]]) for r in [*included_rows(include, rows), *rows]]
+    )
     write_csv(rows, out / f"{prefix}_per_case.csv")
     (out / f"{prefix}_table.md").write_text(summary_table(rows))
     print(summary_table(rows))

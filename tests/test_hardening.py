@@ -148,11 +148,16 @@ def test_finished_ablation_and_study_are_not_redone_without_force(tmp_path, caps
     from meddiffusion.errors import MeddiffError
 
     out = tmp_path / "ablate"
-    out.mkdir()
+    for fold in (0, 1):  # a finished run of the floor, two folds
+        (out / "floor" / f"fold{fold}").mkdir(parents=True)
+        (out / "floor" / f"fold{fold}" / "metrics.json").write_text("[]")
     (out / "summary.md").write_text("earlier results\n")
-    argv = ["seg", "ablate", "--data", str(tmp_path / "none.csv"), "--out", str(out)]
-    assert main(argv) == 2 and "--force" in capsys.readouterr().err
+    argv = ["seg", "ablate", "--data", str(tmp_path / "none.csv"), "--out", str(out), "--folds", "2"]
+    assert main([*argv, "--variants", "floor"]) == 2 and "--force" in capsys.readouterr().err
     assert (out / "summary.md").read_text() == "earlier results\n"
+    # another variant (or fold) into the same folder continues it: only the missing data file stops this one
+    assert main([*argv, "--variants", "full", "--fold", "0"]) == 2
+    assert "--force" not in (err := capsys.readouterr().err) and "none.csv" in err
     study = tmp_path / "study"
     study.mkdir()
     (study / "report.md").write_text("earlier report\n")

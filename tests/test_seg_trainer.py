@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from meddiffusion.app.ablation import summary_table, with_overrides
+from meddiffusion.app.ablation import finished_rows, summary_table, with_overrides
 from meddiffusion.app.cli import main
 from meddiffusion.data.labels import region_masks, to_brats2021
 from meddiffusion.data.layouts import input_case, read_dataset
@@ -317,6 +317,8 @@ def test_cross_validation_runs_end_to_end_with_the_region_recipe(real_crop, tmp_
     assert all(0.0 <= r["WT_dice"] <= 1.0 for r in result)
     assert (tmp_path / "cv" / "full" / "fold0" / "pred").is_dir()
     assert "| floor |" in summary_table(result)
+    folder = finished_rows(tmp_path / "cv")  # what `seg ablate`'s summary covers: every finished variant fold
+    assert [r["variant"] for r in folder] == ["full"] * 3 + ["floor"] * 3 and len(folder) == len(result)
 
 
 def test_plane_window_and_flips_tile_like_patch_windows_with_one_forward_per_batch():

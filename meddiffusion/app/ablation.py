@@ -6,7 +6,8 @@ package scores every held-out case (Dice, HD95, sensitivity, specificity of WT /
 compare every variant with the full model. The FLAIR-threshold floor is fitted on the same training folds.
 Finished folds are kept: re-running the command continues where it stopped. ``run_folds`` trains only those folds
 now (as nnU-Net trains one fold per call, e.g. to pair each fold with a peer's run); folds finished earlier still
-count in the rows returned.
+count in the rows returned. The folder's ``summary.md`` (``meddiff seg ablate``) covers every variant finished in
+it, so variants run by separate calls into the same folder are paired with the full model in one table.
 """
 
 from __future__ import annotations
@@ -69,6 +70,18 @@ def cross_validate(
             rows.extend(_fold(config, variant, fold, train_ids, test_ids, cases, run))
     write_csv(rows, out / "per_case.csv")
     return rows
+
+
+def finished_rows(out: str | Path) -> list[dict[str, Any]]:
+    """The per-case rows of every variant fold finished in ``out``, in ``VARIANTS`` order: the folder's summary
+    covers what earlier calls (other variants, other folds) finished too."""
+    return by_variant([r for path in sorted(Path(out).glob("*/fold*/metrics.json")) for r in read_rows(path)])
+
+
+def by_variant(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` by variant (``VARIANTS`` order, then peers scored elsewhere, e.g. nnU-Net's) and fold."""
+    order = list(VARIANTS)
+    return sorted(rows, key=lambda r: (order.index(r["variant"]) if r["variant"] in order else len(order), r["fold"]))
 
 
 def _fold(config, variant, fold, train_ids, test_ids, cases, run: Path) -> list[dict[str, Any]]:

@@ -248,20 +248,21 @@ def _check_case_inputs(case_dir: str | None, files: dict[str, str | None]) -> No
 
 
 def _seg_ablate(args: argparse.Namespace) -> int:
-    from meddiffusion.app.ablation import cross_validate, summary_table
+    from meddiffusion.app.ablation import cross_validate, finished_rows, summary_table
     from meddiffusion.io import check_output, write_text
 
-    summary = Path(args.out) / "summary.md"
-    if Path(args.out).is_dir():  # an interrupted run continues; a finished one is redone only with --force
-        check_output(summary, args.force)
-    rows = cross_validate(_seg_config(args), args.out, args.variants, args.folds, args.seed, args.run_folds)
-    table = summary_table(rows)
-    print(table)
+    out = Path(args.out)
+    summary = out / "summary.md"
+    asked = [(v, k) for v in args.variants for k in (args.run_folds or range(args.folds))]
+    if all((out / v / f"fold{k}" / "metrics.json").exists() for v, k in asked):  # nothing left for this call:
+        check_output(summary, args.force)  # a finished run's summary is redone only with --force
+    rows = cross_validate(_seg_config(args), out, args.variants, args.folds, args.seed, args.run_folds)
+    print(summary_table(rows))
     finished, total = len({(r["variant"], r["fold"]) for r in rows}), len(args.variants) * args.folds
-    if finished < total:  # the summary is written once, when every fold is in
+    if finished < total:  # the summary is written when every fold of the asked variants is in
         print(f"{finished} of {total} variant folds finished; {summary} is written with the last")
         return 0
-    write_text(table, summary, force=True)
+    write_text(summary_table(finished_rows(out)), summary, force=True)  # every variant the folder has finished
     return 0
 
 
