@@ -67,8 +67,9 @@ def cross_validation(
         [undefine_undelineated(r, conventions[r["case_id"]]) for r in [*included_rows(include, rows), *rows]]
     )
     write_csv(rows, out / f"{prefix}_per_case.csv")
-    (out / f"{prefix}_table.md").write_text(summary_table(rows))
-    print(summary_table(rows))
+    table = summary_table(rows)
+    (out / f"{prefix}_table.md").write_text(table)
+    print(table)
 
 
 def _train_steps(model: str, queue) -> None:

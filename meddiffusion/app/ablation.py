@@ -65,11 +65,16 @@ def cross_validate(
     for variant in variants:
         for fold, (train_ids, test_ids) in enumerate(splits):
             run = out / variant / f"fold{fold}"
-            if run_folds is not None and fold not in run_folds and not (run / "metrics.json").exists():
+            if run_folds is not None and fold not in run_folds and not finished(out, variant, fold):
                 continue  # left for a later call
             rows.extend(_fold(config, variant, fold, train_ids, test_ids, cases, run))
     write_csv(rows, out / "per_case.csv")
     return rows
+
+
+def finished(out: str | Path, variant: str, fold: int) -> bool:
+    """Whether ``variant``'s ``fold`` in the folder ``out`` has been scored (its ``metrics.json``, written last)."""
+    return (Path(out) / variant / f"fold{fold}" / "metrics.json").exists()
 
 
 def finished_rows(out: str | Path) -> list[dict[str, Any]]:

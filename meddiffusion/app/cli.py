@@ -248,13 +248,13 @@ def _check_case_inputs(case_dir: str | None, files: dict[str, str | None]) -> No
 
 
 def _seg_ablate(args: argparse.Namespace) -> int:
-    from meddiffusion.app.ablation import cross_validate, finished_rows, summary_table
+    from meddiffusion.app.ablation import cross_validate, finished, finished_rows, summary_table
     from meddiffusion.io import check_output, write_text
 
     out = Path(args.out)
     summary = out / "summary.md"
     asked = [(v, k) for v in args.variants for k in (args.run_folds or range(args.folds))]
-    if all((out / v / f"fold{k}" / "metrics.json").exists() for v, k in asked):  # nothing left for this call:
+    if all(finished(out, v, k) for v, k in asked):  # nothing left for this call:
         check_output(summary, args.force)  # a finished run's summary is redone only with --force
     rows = cross_validate(_seg_config(args), out, args.variants, args.folds, args.seed, args.run_folds)
     print(summary_table(rows))
