@@ -258,9 +258,9 @@ def _seg_ablate(args: argparse.Namespace) -> int:
         check_output(summary, args.force)  # a finished run's summary is redone only with --force
     rows = cross_validate(_seg_config(args), out, args.variants, args.folds, args.seed, args.run_folds)
     print(summary_table(rows))
-    finished, total = len({(r["variant"], r["fold"]) for r in rows}), len(args.variants) * args.folds
-    if finished < total:  # the summary is written when every fold of the asked variants is in
-        print(f"{finished} of {total} variant folds finished; {summary} is written with the last")
+    done, total = len({(r["variant"], r["fold"]) for r in rows}), len(args.variants) * args.folds
+    if done < total:  # the summary is written when every fold of the asked variants is in
+        print(f"{done} of {total} variant folds finished; {summary} is written with the last")
         return 0
     write_text(summary_table(finished_rows(out)), summary, force=True)  # every variant the folder has finished
     return 0
