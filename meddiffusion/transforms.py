@@ -6,7 +6,11 @@ working spacing), built from these pieces.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
+import torch
 import torchio as tio
 from scipy import ndimage
 from skimage.filters import threshold_otsu
@@ -105,3 +109,17 @@ def augmentation(
             tio.RandomNoise(std=(0.0, noise_std)),
         ]
     )
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run a block with torch's global generators seeded, then restore them: TorchIO's random transforms draw from
+    torch's CPU generator, and a data item must be a pure function of its index (exact resume, any worker count).
+
+    In a DataLoader worker, the CPU generator only: a worker forked from a process that trains on the GPU cannot
+    touch CUDA ("Cannot re-initialize CUDA in forked subprocess"; found on a lent H200 with train.num_workers 2),
+    and ``fork_rng`` would read every GPU's generator. torch's own seeding skips CUDA in such a worker."""
+    in_worker = torch.utils.data.get_worker_info() is not None
+    with torch.random.fork_rng(devices=[] if in_worker else None):
+        torch.manual_seed(seed)
+        yield

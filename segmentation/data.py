@@ -21,7 +21,7 @@ from meddiffusion.data.sampling import PatchSampler, neighbour_stack, pad_to
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import LABEL_KEY, modality_names
 from meddiffusion.segmentation.coding import labels_to_classes
-from meddiffusion.transforms import augmentation
+from meddiffusion.transforms import augmentation, seeded_rng
 
 PLANE_AXIS = 2  # axial planes of RAS/LPS volumes
 
@@ -102,8 +102,7 @@ class SegPatches(Dataset):
         return {"image": image[(slice(None), *crop)].contiguous(), "label": target[None][(slice(None), *crop)]}
 
     def _augment(self, image: torch.Tensor, label: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.random.fork_rng():  # TorchIO draws from torch's global RNG; keep items pure functions of i
-            torch.manual_seed(seed)
+        with seeded_rng(seed):
             subject = tio.Subject(
                 image=tio.ScalarImage(tensor=image[..., None].float()),
                 label=tio.LabelMap(tensor=label[None, ..., None].to(torch.int16)),

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from meddiffusion.data.sampling import neighbour_stack
 from meddiffusion.errors import MeddiffError
 from meddiffusion.io import modality_names
+from meddiffusion.transforms import seeded_rng
 
 
 def plane_patch(volume: torch.Tensor, center: Sequence[int], normal: int, size: int, neighbours: int) -> torch.Tensor:
@@ -96,7 +97,6 @@ class PlaneViews(Dataset):
         return {"views": torch.stack(views), "local": torch.stack(local)}
 
     def _augment(self, patch: torch.Tensor, seed: int) -> torch.Tensor:
-        with torch.random.fork_rng():  # TorchIO draws from torch's global RNG; keep items pure functions of i
-            torch.manual_seed(seed)
+        with seeded_rng(seed):
             out = self.transform(tio.ScalarImage(tensor=patch[..., None].float()))
         return out.data[..., 0].float()

@@ -28,6 +28,7 @@ from meddiffusion.segmentation.data import SegPatches
 from meddiffusion.segmentation.predict import Segmenter, predict_case
 from meddiffusion.segmentation.threshold import fit_threshold, predict_threshold
 from meddiffusion.segmentation.train import load_seg_config, run_training
+from meddiffusion.segmentation.views import PlaneViews
 from meddiffusion.training import CHECKPOINT
 from meddiffusion.weights import WEIGHTS_FILE
 
@@ -94,6 +95,28 @@ def test_patches_are_reproducible_balanced_and_shaped(crop_list):
     assert all((patches[i]["label"] > 0).any() for i in range(10))  # foreground_p = 1: every patch has tumour
     with pytest.raises(MeddiffError, match="no synthetic cases"):
         SegPatches([subject], synthetic_ratio=0.3)
+
+
+def test_augmented_items_leave_cuda_alone_in_dataloader_workers(crop_list, monkeypatch):
+    """DataLoader workers on a GPU machine are forked from a process that has initialised CUDA, and any touch of
+    CUDA there fails (found on a lent H200 with train.num_workers 2). Stand in for that machine: one GPU "present",
+    and every process a fork of one that used it. Workers must give the main process's items."""
+    subject = load_case(read_dataset(crop_list)[0], ["flair", "t1ce"], None)
+    patches = SegPatches([subject], patch_size=32, neighbours=1, seed=3)
+    views = PlaneViews([subject], global_size=16, local_size=8, n_local=2, seed=3)
+    expected_patch, expected_views = patches[5], views[5]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)  # what a forked worker sees
+    with pytest.raises(RuntimeError, match="forked subprocess"):
+        torch.random.fork_rng().__enter__()  # the stand-in bites: reading the GPU's generator fails
+
+    def fetch(dataset):
+        loader = torch.utils.data.DataLoader(dataset, sampler=[5], num_workers=1, multiprocessing_context="fork")
+        return next(iter(loader))
+
+    patch, view = fetch(patches), fetch(views)
+    for got, want in ((patch, expected_patch), (view, expected_views)):
+        assert all(torch.equal(got[key][0], want[key]) for key in want)
 
 
 def test_network_classes_map_back_to_brats2021_labels():
