@@ -36,6 +36,9 @@ from meddiffusion.segmentation.train import SegTrainConfig, run_training
 from meddiffusion.segmentation.variants import VARIANTS
 from meddiffusion.weights import WEIGHTS_FILE
 
+#: a fold's per-case scores, written last: its presence marks the fold finished
+SCORES_FILE = "metrics.json"
+
 
 def with_overrides(config: SegTrainConfig, overrides: dict[str, Any]) -> SegTrainConfig:
     """A validated copy of ``config`` with ``section.key`` values replaced."""
@@ -64,7 +67,7 @@ def cross_validate(
     rows = []
     for variant in variants:
         for fold, (train_ids, test_ids) in enumerate(splits):
-            run = out / variant / f"fold{fold}"
+            run = fold_dir(out, variant, fold)
             if run_folds is not None and fold not in run_folds and not finished(out, variant, fold):
                 continue  # left for a later call
             rows.extend(_fold(config, variant, fold, train_ids, test_ids, cases, run))
@@ -72,15 +75,20 @@ def cross_validate(
     return rows
 
 
+def fold_dir(out: str | Path, variant: str, fold: int) -> Path:
+    """The run folder of ``variant``'s ``fold`` in the ablation folder ``out``."""
+    return Path(out) / variant / f"fold{fold}"
+
+
 def finished(out: str | Path, variant: str, fold: int) -> bool:
-    """Whether ``variant``'s ``fold`` in the folder ``out`` has been scored (its ``metrics.json``, written last)."""
-    return (Path(out) / variant / f"fold{fold}" / "metrics.json").exists()
+    """Whether ``variant``'s ``fold`` in the folder ``out`` has been scored (its ``SCORES_FILE``, written last)."""
+    return (fold_dir(out, variant, fold) / SCORES_FILE).exists()
 
 
 def finished_rows(out: str | Path) -> list[dict[str, Any]]:
     """The per-case rows of every variant fold finished in ``out``, in ``VARIANTS`` order: the folder's summary
     covers what earlier calls (other variants, other folds) finished too."""
-    return by_variant([r for path in sorted(Path(out).glob("*/fold*/metrics.json")) for r in read_rows(path)])
+    return by_variant([r for path in sorted(Path(out).glob(f"*/fold*/{SCORES_FILE}")) for r in read_rows(path)])
 
 
 def by_variant(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -90,7 +98,7 @@ def by_variant(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _fold(config, variant, fold, train_ids, test_ids, cases, run: Path) -> list[dict[str, Any]]:
-    done = run / "metrics.json"
+    done = run / SCORES_FILE
     if done.exists():
         return read_rows(done)
     modalities = config.data.modalities
