@@ -312,6 +312,19 @@ def test_postprocess_drops_small_isolated_components_and_is_idempotent():
     assert np.array_equal(postprocess(out), out)
 
 
+def test_an_ablation_variant_that_changes_nothing_is_refused(tmp_path):
+    """A variant removes one part of the config it is given: against a config that already lacks it, its folds
+    would repeat the reference's and report a difference of noise, so ``seg ablate`` refuses before training."""
+    from meddiffusion.app.ablation import cross_validate
+
+    config = _config(tmp_path / "cases.csv", **{"network.attention": "window"})
+    with pytest.raises(
+        MeddiffError, match="no_deformable would train this config unchanged: network.attention is already window$"
+    ):
+        cross_validate(config, tmp_path / "cv", ["full", "no_deformable", "no_boundary"])
+    assert not (tmp_path / "cv").exists()
+
+
 def test_cross_validation_runs_end_to_end_with_the_region_recipe(real_crop, tmp_path):
     """``seg ablate``'s path on three real-derived cases (mirrored crops), two folds, the learned model and the
     FLAIR floor: every held-out case is predicted on its grid and scored, and the summary has both variants; one

@@ -58,6 +58,9 @@ def cross_validate(
     out = Path(out)
     if unknown := [v for v in variants if v not in VARIANTS]:
         raise MeddiffError(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(VARIANTS)}")
+    if idle := [v for v in variants if VARIANTS[v] and with_overrides(config, VARIANTS[v]) == config]:
+        settings = "; ".join(f"{k} is already {x}" for v in idle for k, x in VARIANTS[v].items())
+        raise MeddiffError(f"variant(s) {', '.join(idle)} would train this config unchanged: {settings}")
     if run_folds is not None and (outside := [f for f in run_folds if not 0 <= f < folds]):
         raise MeddiffError(f"fold(s) {', '.join(map(str, outside))} outside 0-{folds - 1}")
     cases = {c.case_id: c for c in read_dataset(config.data.data, config.data.layout) if c.label is not None}
