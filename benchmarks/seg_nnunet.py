@@ -42,6 +42,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from meddiffusion.app.ablation import SCORES_FILE
 from meddiffusion.data.layouts import read_dataset
 from meddiffusion.data.splits import kfold_splits
 from meddiffusion.eval.cases import reference_label, score_case, undefine_undelineated
@@ -216,7 +217,8 @@ def compare(rows: list[dict], against: Path, timing: dict, path: Path) -> None:
         for case_id, row in ours.items():  # rows written before the scoring left undelineated regions undefined
             undefine_undelineated(row, conventions[case_id])
     else:
-        ours = {r["case_id"]: r for fold in sorted(against.glob("fold*/metrics.json")) for r in read_rows(fold)}
+        scores = sorted(against.glob(f"fold*/{SCORES_FILE}"))
+        ours = {r["case_id"]: r for fold in scores for r in read_rows(fold)}
     theirs = {r["case_id"]: r for r in rows}
     common = sorted(set(ours) & set(theirs))
     result = {"patients": common, "budget": timing or None}
