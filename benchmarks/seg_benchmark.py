@@ -7,16 +7,17 @@
         --include-rows docs/benchmarks/seg_cv20_per_case.csv docs/benchmarks/seg_nnunet_per_case.csv
 
 Cross-validation (``meddiff seg ablate``, continued if ``--runs`` holds finished folds): every variant of
-``segmentation/variants.py`` on the same k folds (by patient) and seeds, configs/seg_dualpath.yaml with
+``segmentation/variants.py`` on the same k folds (by patient) and seeds, configs/seg_dualpath_proposal.yaml with
 ``--steps`` training steps per fold; metrics on each held-out case on its original grid. Writes
 ``seg_cv_table.md`` and ``seg_cv_per_case.csv`` (``--prefix`` renames them). ``--include-rows`` adds the rows of
 methods and folds scored elsewhere (the full model's committed rows, nnU-Net's), so that every method of the same
 folds is in one table, paired with the full model over the same patients; regions a case's label convention does
 not delineate are undefined in every row, also in rows scored before that rule.
 
-Timing (this machine, 2 threads, nothing else running): seconds per training step (the config's batch and patch,
-2.5D, four modalities) and per predicted 240 x 240 x 155 volume with the shipped weights, and each measurement's
-peak resident memory (its own process). Writes ``seg_timing.json``.
+Timing (this machine, 2 threads, nothing else running): seconds per training step (the default recipe, the
+proposal's and the U-Net, each with its config's batch and patch, 2.5D, four modalities; loss reweighting aside) and
+per predicted 240 x 240 x 155 volume with the shipped weights, and each measurement's peak resident memory (its own
+process). Writes ``seg_timing.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "seg_dualpath.yaml"
+#: the ablation's reference: the proposal's recipe, from which each variant removes (or adds) one part
+PROPOSAL = ROOT / "configs" / "seg_dualpath_proposal.yaml"
 PAT0006 = ROOT.parent / "shared" / "data" / "brats2015_deepmedic" / "brats_2013_pat0006_1"
 
 
@@ -59,7 +62,7 @@ def cross_validation(
     from meddiffusion.segmentation.train import load_seg_config
     from meddiffusion.segmentation.variants import VARIANTS
 
-    config = load_seg_config(CONFIG, {"train.steps": steps})
+    config = load_seg_config(PROPOSAL, {"train.steps": steps})
     # --finished-only: report the folds that have finished, train nothing
     rows = finished_rows(runs) if finished_only else cross_validate(config, runs, list(VARIANTS), folds)
     conventions = {c.case_id: c.convention for c in read_dataset(ROOT / "configs" / "seg_cases.csv")}
@@ -72,7 +75,7 @@ def cross_validation(
     print(table)
 
 
-def _train_steps(model: str, queue) -> None:
+def _train_steps(name: str, path: Path, model: str, queue) -> None:
     import torch
 
     from meddiffusion.data.layouts import read_dataset
@@ -82,7 +85,7 @@ def _train_steps(model: str, queue) -> None:
     from meddiffusion.segmentation.train import load_seg_config, make_loss, weights_config
 
     torch.set_num_threads(2)
-    config = load_seg_config(CONFIG, {"network.model": model})
+    config = load_seg_config(path, {"network.model": model})
     case = read_dataset(config.data.data)[-1]  # a four-modality BraTS 2018 case
     patch = config.data.patch_size
     patches = SegPatches([load_case(case, config.data.modalities, None)], patch, 1, 0.5, True)
@@ -100,7 +103,7 @@ def _train_steps(model: str, queue) -> None:
         optimizer.zero_grad()
         times.append(time.perf_counter() - started)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"model": model, "s_per_step": sum(times[3:]) / len(times[3:]), "peak_rss_mb": peak})
+    queue.put({"model": name, "s_per_step": sum(times[3:]) / len(times[3:]), "peak_rss_mb": peak})
 
 
 def _predict(queue) -> None:
@@ -184,7 +187,14 @@ def _in_child(target, *args) -> dict:
 def timing(out: Path) -> None:
     results = {
         "machine": f"{platform.processor() or platform.machine()}, 2 threads",
-        "training": [_in_child(_train_steps, model) for model in ("dualpath", "unet")],
+        "training": [
+            _in_child(_train_steps, *run)
+            for run in (
+                ("dualpath", CONFIG, "dualpath"),
+                ("dualpath, proposal", PROPOSAL, "dualpath"),
+                ("unet", CONFIG, "unet"),
+            )
+        ],
         "prediction": _in_child(_predict),
     }
     (out / "seg_timing.json").write_text(json.dumps(results, indent=2) + "\n")

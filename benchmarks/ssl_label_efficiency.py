@@ -6,14 +6,15 @@ from scratch, with 1, 2, 4, 8 and all training cases of each cross-validation fo
         [--finished-only] [--include-rows CSV]
 
 Folds are ``meddiff seg ablate``'s (by patient, seed 0, the 20 cases of ``configs/seg_cases.csv``). Within a fold
-the labelled subsets are nested (the first n of one seeded shuffle of its training cases), so a larger subset
-only adds cases; both arms of one cell see the same cases, steps, seed and recipe (``configs/seg_dualpath.yaml``
-without its validation cases), and differ only in ``init``. Every held-out case is scored on its own grid
-(``eval.cases``). A finished cell is kept: the benchmark continues where it stopped; ``--include-rows`` adds the
-rows of cells finished elsewhere (an earlier run's ``per_case.csv``, e.g. the committed one) where this run has
-no such cell, so a curve can be completed on a machine that lost the earlier cells' folders. Writes ``per_case.csv``,
-``curve.json`` (mean Dice per arm and size, the fraction of the all-labels Dice each point reaches, and the
-paired difference pretrained - scratch over patients with its t-interval) and ``curve.png``.
+the labelled subsets are nested (the first n of one seeded shuffle of its training cases), so a larger subset only
+adds cases; both arms of one cell see the same cases, steps, seed and recipe
+(``configs/seg_dualpath_proposal.yaml``, whose deformable network the shipped encoder was pretrained for, without
+its validation cases), and differ only in ``init``. Every held-out case is scored on its own grid (``eval.cases``).
+A finished cell is kept: the benchmark continues where it stopped; ``--include-rows`` adds the rows of cells
+finished elsewhere (an earlier run's ``per_case.csv``, e.g. the committed one) where this run has no such cell, so a
+curve can be completed on a machine that lost the earlier cells' folders. Writes ``per_case.csv``, ``curve.json``
+(mean Dice per arm and size, the fraction of the all-labels Dice each point reaches, and the paired difference
+pretrained - scratch over patients with its t-interval) and ``curve.png``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "seg_dualpath.yaml"
+CONFIG = ROOT / "configs" / "seg_dualpath_proposal.yaml"
 ARMS = ("scratch", "pretrained")
 
 

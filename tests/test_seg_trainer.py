@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -32,6 +33,8 @@ from meddiffusion.segmentation.views import PlaneViews
 from meddiffusion.training import CHECKPOINT
 from meddiffusion.weights import WEIGHTS_FILE
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def crop_list(real_crop, tmp_path):
@@ -43,6 +46,10 @@ def crop_list(real_crop, tmp_path):
         "brats2012\n"
     )
     return path
+
+
+#: the proposal's parts that the default recipe leaves out (configs/seg_dualpath_proposal.yaml has them)
+PROPOSAL = {"network.attention": "deformable", "loss.reweighting": "gradnorm", "loss.beta": 0.5}
 
 
 def _config(data, steps=6, **overrides):
@@ -138,7 +145,7 @@ def test_region_outputs_map_back_to_brats_labels_exactly(real_crop):
 
 
 def test_short_real_training_lowers_the_loss_and_logs_the_terms(crop_list, tmp_path):
-    overrides = {"train.learning_rate": 3e-3, "loss.gamma": 0.01}  # every term of the hybrid loss on
+    overrides = {"train.learning_rate": 3e-3, **PROPOSAL, "loss.gamma": 0.01}  # every term of the hybrid loss on
     folder = run_training(_config(crop_list, steps=30, **overrides), tmp_path / "run")
     log = np.genfromtxt(folder / "training_log.csv", delimiter=",", names=True)
     assert log["dice_loss"][-5:].mean() < log["dice_loss"][:5].mean()
@@ -148,10 +155,10 @@ def test_short_real_training_lowers_the_loss_and_logs_the_terms(crop_list, tmp_p
 
 
 def test_resume_restores_optimizer_and_loss_weights_exactly(crop_list, tmp_path):
-    straight = run_training(_config(crop_list), tmp_path / "a")
-    run_training(_config(crop_list), tmp_path / "b", stop_at=3)
+    straight = run_training(_config(crop_list, **PROPOSAL), tmp_path / "a")
+    run_training(_config(crop_list, **PROPOSAL), tmp_path / "b", stop_at=3)
     assert (tmp_path / "b" / CHECKPOINT).is_dir()
-    resumed = run_training(_config(crop_list), tmp_path / "b", resume=True)
+    resumed = run_training(_config(crop_list, **PROPOSAL), tmp_path / "b", resume=True)
     a, b = load_file(straight / WEIGHTS_FILE), load_file(resumed / WEIGHTS_FILE)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -242,8 +249,8 @@ def test_flair_threshold_floor_recovers_a_bright_region():
 
 def test_ablation_variants_validate_and_the_summary_has_paired_tests(crop_list):
     config = _config(crop_list)
-    assert with_overrides(config, {"network.attention": "window"}).network.attention == "window"
-    assert config.network.attention == "deformable"  # the base config is not changed
+    assert with_overrides(config, {"network.attention": "deformable"}).network.attention == "deformable"
+    assert config.network.attention == "window"  # the base config is not changed
     with pytest.raises(MeddiffError):
         with_overrides(config, {"network.model": "resnet"})
     metrics = ("dice", "hd95", "sensitivity", "specificity")
@@ -312,12 +319,26 @@ def test_postprocess_drops_small_isolated_components_and_is_idempotent():
     assert np.array_equal(postprocess(out), out)
 
 
+def test_the_default_recipe_is_the_cross_validated_plain_variant_of_the_proposal():
+    """The default config is what ``seg ablate --config configs/seg_dualpath_proposal.yaml --variants plain``
+    cross-validated: a change to either file that is not the other's breaks this."""
+    from meddiffusion.segmentation.variants import VARIANTS
+
+    proposal = load_seg_config(ROOT / "configs" / "seg_dualpath_proposal.yaml")
+    default = load_seg_config(ROOT / "configs" / "seg_dualpath.yaml")
+    assert proposal != default and with_overrides(proposal, VARIANTS["plain"]) == default
+    built_in = load_seg_config(None)  # what `seg train` without --config trains: the default's network and loss
+    assert (built_in.network, built_in.loss) == (default.network, default.loss)
+
+
 def test_an_ablation_variant_that_changes_nothing_is_refused(tmp_path):
     """A variant removes one part of the config it is given: against a config that already lacks it, its folds
     would repeat the reference's and report a difference of noise, so ``seg ablate`` refuses before training."""
-    from meddiffusion.app.ablation import cross_validate
+    from meddiffusion.app.ablation import cross_validate, idle_variants
 
-    config = _config(tmp_path / "cases.csv", **{"network.attention": "window"})
+    config = _config(tmp_path / "cases.csv", **{**PROPOSAL, "network.attention": "window"})
+    parts = ["no_deformable", "no_reweighting", "no_boundary", "with_topology"]
+    assert idle_variants(config, parts) == ["no_deformable"]  # what seg ablate leaves out unless named
     with pytest.raises(
         MeddiffError, match="no_deformable would train this config unchanged: network.attention is already window$"
     ):

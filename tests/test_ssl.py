@@ -192,16 +192,20 @@ def test_the_monai_unet_encoder_pretrains_and_initialises_a_unet_segmenter(tiny_
         load_pretrained_encoder(build_from_weights_config(weights_config(dual)), weights, weights_config(dual))
 
 
-def test_the_shipped_encoder_fits_the_shipped_segmenter_recipe_and_is_named_by_init(tmp_path):
-    """``ssl-dualpath`` (shipped, with provenance) loads into the recipe's segmenter; ``--init ssl-dualpath`` names
-    it; its config records training data relative to the folder."""
+def test_the_shipped_encoder_fits_the_proposal_recipe_and_is_named_by_init(tmp_path):
+    """``ssl-dualpath`` (shipped, with provenance; deformable attention) loads into the segmenter of the proposal's
+    recipe and is refused by the default's (windowed attention) with the difference named; ``--init ssl-dualpath``
+    names it; its config records training data relative to the folder."""
     from meddiffusion.paths import PRETRAINED, weights_folder
 
     folder = weights_folder("ssl-dualpath")
     assert folder == PRETRAINED / "ssl-dualpath" and weights_folder(tmp_path) == tmp_path
     with pytest.raises(MeddiffError, match="shipped: seg-dualpath, sr-diffusion"):
         weights_folder("ssl-dualpth")  # a typo of a shipped name is named, with the shipped ones
-    config = load_seg_config(ROOT / "configs" / "seg_dualpath.yaml")
+    default = weights_config(load_seg_config(ROOT / "configs" / "seg_dualpath.yaml"))
+    with pytest.raises(MeddiffError, match="attention: 'deformable' vs 'window'"):
+        load_pretrained_encoder(build_from_weights_config(default), folder, default)
+    config = load_seg_config(ROOT / "configs" / "seg_dualpath_proposal.yaml")
     model = build_from_weights_config(weights_config(config))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert load_pretrained_encoder(model, folder, weights_config(config)) > 50

@@ -45,6 +45,12 @@ def with_overrides(config: SegTrainConfig, overrides: dict[str, Any]) -> SegTrai
     return with_defaults(SegTrainConfig, dataclasses.asdict(config), overrides, "<variant>")
 
 
+def idle_variants(config: SegTrainConfig, variants: Sequence[str]) -> list[str]:
+    """The variants of ``variants`` that would train ``config`` unchanged (removing a part it already lacks): their
+    folds would repeat the reference's and report noise as an effect."""
+    return [v for v in variants if VARIANTS[v] and with_overrides(config, VARIANTS[v]) == config]
+
+
 def cross_validate(
     config: SegTrainConfig,
     out: str | Path,
@@ -58,7 +64,7 @@ def cross_validate(
     out = Path(out)
     if unknown := [v for v in variants if v not in VARIANTS]:
         raise MeddiffError(f"unknown variant(s) {', '.join(unknown)}; use {', '.join(VARIANTS)}")
-    if idle := [v for v in variants if VARIANTS[v] and with_overrides(config, VARIANTS[v]) == config]:
+    if idle := idle_variants(config, variants):
         settings = "; ".join(f"{k} is already {x}" for v in idle for k, x in VARIANTS[v].items())
         raise MeddiffError(f"variant(s) {', '.join(idle)} would train this config unchanged: {settings}")
     if run_folds is not None and (outside := [f for f in run_folds if not 0 <= f < folds]):

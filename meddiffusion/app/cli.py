@@ -248,17 +248,25 @@ def _check_case_inputs(case_dir: str | None, files: dict[str, str | None]) -> No
 
 
 def _seg_ablate(args: argparse.Namespace) -> int:
-    from meddiffusion.app.ablation import cross_validate, finished, finished_rows, summary_table
+    from meddiffusion.app.ablation import cross_validate, finished, finished_rows, idle_variants, summary_table
     from meddiffusion.io import check_output, write_text
+    from meddiffusion.segmentation.variants import VARIANTS
 
     out = Path(args.out)
     summary = out / "summary.md"
-    asked = [(v, k) for v in args.variants for k in (args.run_folds or range(args.folds))]
+    config = _seg_config(args)
+    variants = args.variants
+    if variants is None:  # every variant that changes this config: named ones that do not are refused below
+        idle = idle_variants(config, list(VARIANTS))
+        variants = [v for v in VARIANTS if v not in idle]
+        if idle:
+            print(f"skipping {', '.join(idle)}: this config already lacks what they remove")
+    asked = [(v, k) for v in variants for k in (args.run_folds or range(args.folds))]
     if all(finished(out, v, k) for v, k in asked):  # nothing left for this call:
         check_output(summary, args.force)  # a finished run's summary is redone only with --force
-    rows = cross_validate(_seg_config(args), out, args.variants, args.folds, args.seed, args.run_folds)
+    rows = cross_validate(config, out, variants, args.folds, args.seed, args.run_folds)
     print(summary_table(rows))
-    done, total = len({(r["variant"], r["fold"]) for r in rows}), len(args.variants) * args.folds
+    done, total = len({(r["variant"], r["fold"]) for r in rows}), len(variants) * args.folds
     if done < total:  # the summary is written when every fold of the asked variants is in
         print(f"{done} of {total} variant folds finished; {summary} is written with the last")
         return 0
@@ -494,7 +502,9 @@ def _add_seg(commands) -> None:
 
     ablate = sub.add_parser("ablate", help="cross-validate the full model, its ablations and baselines")
     data_flags(ablate, data_required=True)
-    ablate.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ablate.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), help="default: every variant that changes the config"
+    )
     ablate.add_argument("--folds", type=int, default=5)
     ablate.add_argument(
         "--fold", type=int, nargs="+", dest="run_folds", help="train only these folds now (0-based); run again for more"
