@@ -7,17 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
+#: the proposal's parts that an ablation variant removes, one each
+_REMOVALS: dict[str, dict[str, Any]] = {
+    "no_deformable": {"network.attention": "window"},
+    "no_reweighting": {"loss.reweighting": "none"},
+    "no_boundary": {"loss.beta": 0.0},
+}
 #: variant name -> config overrides ("section.key": value) of the config ablated, the proposal's recipe
 #: (``configs/seg_dualpath_proposal.yaml``): each changes one of the proposal's parts, "plain" removes the three
 #: that the ablation showed no gain for (the default recipe, ``configs/seg_dualpath.yaml``); "floor" is the FLAIR
 #: threshold, not trained
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
-    "no_deformable": {"network.attention": "window"},
-    "no_reweighting": {"loss.reweighting": "none"},
-    "no_boundary": {"loss.beta": 0.0},
+    **_REMOVALS,
     "with_topology": {"loss.gamma": 0.01},
-    "plain": {"network.attention": "window", "loss.reweighting": "none", "loss.beta": 0.0},
+    "plain": {k: v for removal in _REMOVALS.values() for k, v in removal.items()},
     "unet": {"network.model": "unet"},
     "swinunetr": {"network.model": "swinunetr"},
     "floor": {},
