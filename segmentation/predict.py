@@ -40,6 +40,10 @@ SHIPPED = "seg-dualpath"
 #: time (docs/benchmarks.md)
 INFERENCE = {"window": "plane", "overlap": 0.5, "mirror": False}
 WINDOWS = ("patch", "plane")
+#: post-processing when the weights name none: keep whole-tumour components of at least ``min_fraction`` of the
+#: largest (nnU-Net's BraTS rule, fixed a priori); weights may carry one chosen on a cross-validation's
+#: out-of-fold predictions (``meddiff seg postprocessing``)
+POSTPROCESS = {"min_fraction": 0.1}
 
 
 def _mirrored(predictor, x: torch.Tensor) -> torch.Tensor:
@@ -106,10 +110,11 @@ def segment_prepared(
     return out.movedim(1, PLANE_AXIS + 1)
 
 
-def postprocess(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
-    """Drop whole-tumour components smaller than ``min_fraction`` of the largest (26-connectivity), as nnU-Net's
-    post-processing does for BraTS: isolated false-positive specks are what inflate HD95. Fixed a priori, not
-    tuned on test cases; idempotent."""
+def postprocess(labels: np.ndarray, min_fraction: float = POSTPROCESS["min_fraction"]) -> np.ndarray:
+    """Drop whole-tumour components smaller than ``min_fraction`` of the largest (26-connectivity; 1.0 keeps the
+    largest alone), as nnU-Net's post-processing does for BraTS: isolated false positives are what inflate HD95.
+    Idempotent, and a stricter rule applied after a milder one gives what it gives alone (the largest component
+    is always kept), so saved predictions can be re-scored under stricter rules."""
     tumour = labels > 0
     components, n = ndimage.label(tumour, np.ones((3,) * labels.ndim, dtype=bool))
     if n <= 1:
@@ -157,6 +162,11 @@ class Segmenter:
         chosen = self.config.get("inference", {})
         return {k: chosen.get(k, default) for k, default in INFERENCE.items()}
 
+    @property
+    def min_fraction(self) -> float:
+        """The post-processing rule: the weights' own (``meddiff seg postprocessing``) over ``POSTPROCESS``."""
+        return float(self.config.get("postprocess", {}).get("min_fraction", POSTPROCESS["min_fraction"]))
+
     def __call__(
         self, subject: tio.Subject, progress: bool = False, clean: bool = True, landmarks: dict | None = None
     ) -> tio.Subject:
@@ -183,7 +193,7 @@ class Segmenter:
             image = tio.ScalarImage(tensor=probs, affine=prepared[used[0]].affine)
             probs = tio.Resample(reference)(image).data
         labels = decode(probs.numpy(), self.output)
-        labels = postprocess(labels) if clean else labels
+        labels = postprocess(labels, self.min_fraction) if clean else labels
         out = tio.Subject(**{k: v for k, v in subject.items() if isinstance(v, tio.Image)})
         out[LABEL_KEY] = tio.LabelMap(tensor=torch.from_numpy(labels[None]), affine=reference.affine)
         out["case_id"] = subject.get("case_id", "case")
@@ -233,7 +243,7 @@ def predict_case(
             weights=str(segmenter.folder),
             weights_sha256=segmenter.hash,
             label_convention="brats2021",
-            postprocessed=clean,
+            postprocessed={"min_fraction": segmenter.min_fraction} if clean else False,
             inference=segmenter.inference,
             voxels_per_label={int(v): int((labels == v).sum()) for v in np.unique(labels)},
         ),

@@ -378,6 +378,69 @@ def test_cross_validation_runs_end_to_end_with_the_region_recipe(real_crop, tmp_
     assert [r["variant"] for r in folder] == ["full"] * 3 + ["floor"] * 3 and len(folder) == len(result)
 
 
+def test_postprocessing_is_chosen_on_out_of_fold_predictions_and_recorded_in_the_weights(real_crop, tmp_path):
+    """``seg postprocessing`` on a two-fold cross-validation folder with known predictions: fold 0's case is its
+    label plus a far-off false positive of 15 % of the tumour, fold 1's a label with a true second focus (60 %) plus
+    a false positive of 40 %. Only ``min_fraction`` 0.5 is right on both (1.0 cuts the true focus); leave-one-fold-
+    out, fold 1 gets fold 0's choice (0.2, the mildest of its ties) and keeps its false positive. The chosen rule is
+    written into a weights folder, which prediction then applies."""
+    from meddiffusion.app.postprocessing import choose_postprocessing
+    from meddiffusion.config import config_record
+    from meddiffusion.io import write_json
+
+    affine = nib.load(real_crop["flair"]).affine
+    label = np.zeros((64, 64, 32), np.int16)
+    label[5:15, 5:15, 5:15], label[8:12, 8:12, 8:12] = 2, 4  # 1,000-voxel tumour with an enhancing core
+    second = label.copy()
+    second[40:50, 40:50, 5:11] = 2  # a true second focus, 600 voxels
+    preds = [label.copy(), second.copy()]
+    preds[0][40:45, 5:10, 20:26] = 2  # 150 false-positive voxels
+    preds[1][5:15, 45:55, 20:24] = 2  # 400
+    rows = ["case_id,flair,t1,t1ce,t2,label,convention"]
+    for k, truth in enumerate((label, second)):
+        nib.save(nib.Nifti1Image(truth, affine), tmp_path / f"label{k}.nii.gz")
+        images = ",".join(str(real_crop[m]) for m in ("flair", "t1", "t1ce", "t2"))
+        rows.append(f"case{k},{images},{tmp_path / f'label{k}.nii.gz'},brats2021")
+    (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
+    config = _config(tmp_path / "cases.csv")
+    for fold, pred in enumerate(preds):
+        run = tmp_path / "cv" / "full" / f"fold{fold}"
+        (run / "pred").mkdir(parents=True)
+        (run / "weights").mkdir()
+        write_json(config_record(config, run), run / "config.json")
+        write_json({"task": "segmentation"}, run / "weights" / "config.json")
+        write_json({"test": [f"case{fold}"]}, run / "provenance.json")
+        write_json([], run / "metrics.json")
+        nib.save(nib.Nifti1Image(pred.astype(np.uint8), affine), run / "pred" / f"case{fold}.nii.gz")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    segmenter_config = {"task": "segmentation", "modalities": ["flair"], "network": {"output": "regions"}}
+    write_json(segmenter_config, weights / "config.json")
+    (weights / WEIGHTS_FILE).write_bytes(b"")
+
+    result = choose_postprocessing(tmp_path / "cv", "full", tmp_path / "report.json", weights)
+    assert result["chosen"] == {"min_fraction": 0.5}
+    assert result["rules"]["0.5"]["WT_dice"] == pytest.approx(1.0)
+    assert result["rules"]["0.1"]["WT_dice"] == pytest.approx((2000 / 2150 + 3200 / 3600) / 2)  # both kept
+    assert result["rules"]["1.0"]["WT_dice"] == pytest.approx((1 + 2000 / 2600) / 2)  # the true focus cut
+    assert result["leave_fold_out"]["rules_by_fold"] == {"0": 0.5, "1": 0.2}
+    held_out = {r["case_id"]: r["WT_dice"] for r in result["leave_fold_out"]["rows"]}
+    assert held_out["case0"] == pytest.approx(1.0) and held_out["case1"] == pytest.approx(2 * 1600 / 3600)
+    recorded = json.loads((weights / "config.json").read_text())["postprocess"]
+    assert recorded["min_fraction"] == 0.5 and "out-of-fold" in recorded["chosen_on"]
+    assert (
+        Segmenter(torch.nn.Identity(), json.loads((weights / "config.json").read_text()), weights).min_fraction == 0.5
+    )
+    assert Segmenter(torch.nn.Identity(), segmenter_config, weights).min_fraction == 0.1  # none recorded: default
+    again = ["seg", "postprocessing", str(tmp_path / "cv"), "--out", str(tmp_path / "again.json")]
+    assert main([*again, "--weights", str(weights)]) == 2  # a recorded rule is replaced only with --force
+    assert main(again) == 0 and json.loads((tmp_path / "again.json").read_text())["chosen"] == {"min_fraction": 0.5}
+    assert main(again) == 2  # no overwrite without --force
+    write_json({"task": "segmentation", "postprocess": {"min_fraction": 0.3}}, run / "weights" / "config.json")
+    with pytest.raises(MeddiffError, match="milder than the one its predictions were saved with"):
+        choose_postprocessing(tmp_path / "cv", "full", tmp_path / "third.json")
+
+
 def test_plane_window_and_flips_tile_like_patch_windows_with_one_forward_per_batch():
     """For a pointwise network every tiling and the flips give the same probabilities; the plane window runs
     the network once per batch of planes (what makes it 2x faster), and an unknown window is refused."""

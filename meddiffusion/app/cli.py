@@ -274,6 +274,23 @@ def _seg_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seg_postprocessing(args: argparse.Namespace) -> int:
+    from meddiffusion.app.postprocessing import choose_postprocessing
+    from meddiffusion.io import check_output
+
+    check_output(args.out, args.force)
+    result = choose_postprocessing(args.cv, args.variant, args.out, args.weights, args.force)
+    for rule, mean in result["rules"].items():
+        print(f"min_fraction {rule}: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k != "cases"))
+    held_out = result["leave_fold_out"]["summary"]
+    print(
+        f"chosen: min_fraction {result['chosen']['min_fraction']}; each fold under the rule chosen on the others: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in held_out.items() if k != "cases")
+    )
+    print(f"wrote {args.out}" + (f"; recorded the rule in {args.weights}" if args.weights else ""))
+    return 0
+
+
 def _synth_train(args: argparse.Namespace) -> int:
     from meddiffusion.synth.train import load_synth_config, run_training
 
@@ -512,6 +529,16 @@ def _add_seg(commands) -> None:
     ablate.add_argument("--seed", type=int, default=0)
     ablate.add_argument("--force", action="store_true", help="redo the summary of a finished run")
     ablate.set_defaults(handler=_seg_ablate)
+
+    post = sub.add_parser(
+        "postprocessing", help="choose the post-processing rule on a cross-validation's out-of-fold predictions"
+    )
+    post.add_argument("cv", metavar="CV_DIR", help="a `seg ablate --out` folder")
+    post.add_argument("--variant", default="full", help="whose folds (default: full)")
+    post.add_argument("--out", required=True, help="report (JSON): every rule's means, the choice, leave-fold-out rows")
+    post.add_argument("--weights", help="record the chosen rule in this weights folder's config (seg predict uses it)")
+    post.add_argument("--force", action="store_true", help="overwrite the report / replace a recorded rule")
+    post.set_defaults(handler=_seg_postprocessing)
 
 
 def _ssl_pretrain(args: argparse.Namespace) -> int:
