@@ -384,7 +384,7 @@ def test_postprocessing_is_chosen_on_out_of_fold_predictions_and_recorded_in_the
     a false positive of 40 %. Only ``min_fraction`` 0.5 is right on both (1.0 cuts the true focus); leave-one-fold-
     out, fold 1 gets fold 0's choice (0.2, the mildest of its ties) and keeps its false positive. The chosen rule is
     written into a weights folder, which prediction then applies."""
-    from meddiffusion.app.postprocessing import choose_postprocessing
+    from meddiffusion.app.postprocessing import RULES, choose_postprocessing
     from meddiffusion.config import config_record
     from meddiffusion.io import write_json
 
@@ -420,6 +420,9 @@ def test_postprocessing_is_chosen_on_out_of_fold_predictions_and_recorded_in_the
 
     result = choose_postprocessing(tmp_path / "cv", "full", tmp_path / "report.json", weights)
     assert result["chosen"] == {"min_fraction": 0.5}
+    assert sorted((r["case_id"], r["min_fraction"]) for r in result["rows"]) == [
+        (c, rule) for c in ("case0", "case1") for rule in RULES
+    ]
     assert result["rules"]["0.5"]["WT_dice"] == pytest.approx(1.0)
     assert result["rules"]["0.1"]["WT_dice"] == pytest.approx((2000 / 2150 + 3200 / 3600) / 2)  # both kept
     assert result["rules"]["1.0"]["WT_dice"] == pytest.approx((1 + 2000 / 2600) / 2)  # the true focus cut

@@ -114,8 +114,9 @@ def choose_postprocessing(
     weights: str | Path | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Score the rules on ``variant``'s out-of-fold predictions, write the report (rules, choice, leave-one-fold-out
-    rows) and, given ``weights``, record the choice in that folder's config so prediction applies it."""
+    """Score the rules on ``variant``'s out-of-fold predictions, write the report (every rule's means and per-case
+    rows, the choice, the leave-one-fold-out rows) and, given ``weights``, record the choice in that folder's config
+    so that prediction applies it."""
     if weights is not None:
         config = read_config(weights)
         if "postprocess" in config and not force:
@@ -135,6 +136,7 @@ def choose_postprocessing(
             "summary": summarise([{**r, "min_fraction": "chosen"} for r in held_out])["chosen"],
             "rows": held_out,
         },
+        "rows": rows,
     }
     write_json(provenance(**result), report, force=force)
     if weights is not None:
