@@ -512,7 +512,9 @@ def _add_seg(commands) -> None:
     for m in ("t1", "t1ce", "t2", "flair"):
         predict.add_argument(f"--{m}", help=f"{m} image (instead of, or over, the case folder's)")
     predict.add_argument("--weights", help="weights folder (default: the shipped dual-path weights)")
-    predict.add_argument("--no-postprocess", action="store_true", help="keep small isolated tumour components")
+    predict.add_argument(
+        "--no-postprocess", action="store_true", help="keep every tumour component (the weights' rule drops small ones)"
+    )
     predict.add_argument("--flips", action="store_true", help="average over the in-plane flips (better TC/ET, 3x time)")
     predict.add_argument("--force", action="store_true")
     predict.set_defaults(handler=_seg_predict)

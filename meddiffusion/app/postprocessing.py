@@ -35,8 +35,10 @@ REGIONS = ("WT", "TC", "ET")
 
 
 def saved_rule(run: Path) -> float:
-    """The rule a fold's predictions were saved with: its weights' own, else the default."""
-    config = json.loads((run / "weights" / CONFIG_FILE).read_text())
+    """The rule a fold's predictions were saved with: its weights' own, else the default (also for the FLAIR
+    floor, which has no weights)."""
+    path = run / "weights" / CONFIG_FILE
+    config = json.loads(path.read_text()) if path.is_file() else {}
     return float(config.get("postprocess", {}).get("min_fraction", POSTPROCESS["min_fraction"]))
 
 
