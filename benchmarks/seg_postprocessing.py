@@ -1,14 +1,15 @@
 """Post-processing chosen on out-of-fold predictions (#14): what it gives each variant, estimated honestly.
 
-    python benchmarks/seg_postprocessing.py --runs ~/meddiff-runs/seg-cv --variants plain unet \
-        --reference-rows docs/benchmarks/seg_cv20_per_case.csv --out docs/benchmarks
+    python benchmarks/seg_postprocessing.py --runs ~/meddiff-runs/seg-cv --variants plain unet --out docs/benchmarks \
+        --references full=docs/benchmarks/seg_cv20_per_case.csv nnunet=docs/benchmarks/seg_nnunet_per_case.csv
 
 For each variant of a ``meddiff seg ablate`` folder, ``meddiff seg postprocessing``'s report (made here, or reused
 when ``seg_postprocessing_<variant>.json`` exists in ``--out``): every candidate rule's means, the rule chosen on all
 folds, and each fold scored under the rule chosen on the other folds (leave-one-fold-out). Paired over patients
 (95 % t-interval, Wilcoxon): each variant leave-fold-out against itself under the a-priori rule (what choosing the
-rule gives), against the reference (``--reference``'s rows, a-priori rule, e.g. the full recipe's committed rows),
-and the first variant against the others, both leave-fold-out. Writes ``seg_postprocessing.md``.
+rule gives); each reference (``VARIANT=CSV``: that variant's rows of a per-case CSV, scored as they were, e.g. the
+full recipe's under the a-priori rule, nnU-Net's raw predictions) against the variant under the a-priori rule and
+leave-fold-out; and the first variant against the others, both leave-fold-out. Writes ``seg_postprocessing.md``.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True, help="a `meddiff seg ablate --out` folder")
     parser.add_argument("--variants", nargs="+", required=True)
-    parser.add_argument("--reference-rows", type=Path, help="per-case CSV with a variant column (a-priori rule)")
-    parser.add_argument("--reference", default="full", help="the reference's variant in --reference-rows")
+    parser.add_argument(
+        "--references", nargs="*", default=[], metavar="VARIANT=CSV", help="a variant's rows of a per-case CSV"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
     from meddiffusion.eval.report import read_csv
@@ -82,16 +84,20 @@ def main() -> None:
         "| comparison | metric | n | mean A | mean B | B - A | 95 % CI | Wilcoxon p |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    reference = []
-    if args.reference_rows:
-        reference = [r for r in read_csv(args.reference_rows) if r["variant"] == args.reference]
+    references = {}
+    for spec in args.references:
+        name, _, path = spec.partition("=")
+        references[name] = [r for r in read_csv(path) if r["variant"] == name]
+        if not references[name]:
+            raise SystemExit(f"{path}: no rows of variant {name!r}")
     first = args.variants[0]
     for v, r in reports.items():
         apriori = [row for row in r["rows"] if row["min_fraction"] == min(x["min_fraction"] for x in r["rows"])]
         held_out = r["leave_fold_out"]["rows"]
         lines += paired_lines(f"{v}: leave-fold-out rule - a-priori rule", apriori, held_out)
-        if reference:
-            lines += paired_lines(f"{v} leave-fold-out - {args.reference} a-priori", reference, held_out)
+        for name, rows in references.items():
+            lines += paired_lines(f"{v} a-priori rule - {name}", rows, apriori)
+            lines += paired_lines(f"{v} leave-fold-out - {name}", rows, held_out)
         if v != first:
             lines += paired_lines(
                 f"{first} - {v}, both leave-fold-out", held_out, reports[first]["leave_fold_out"]["rows"]
