@@ -41,8 +41,8 @@ SHIPPED = "seg-dualpath"
 INFERENCE = {"window": "plane", "overlap": 0.5, "mirror": False}
 WINDOWS = ("patch", "plane")
 #: post-processing when the weights name none: keep whole-tumour components of at least ``min_fraction`` of the
-#: largest (nnU-Net's BraTS rule, fixed a priori); weights may carry one chosen on a cross-validation's
-#: out-of-fold predictions (``meddiff seg postprocessing``)
+#: largest (fixed a priori); weights may carry a rule chosen on a cross-validation's out-of-fold predictions
+#: (``meddiff seg postprocessing``), as nnU-Net chooses its own
 POSTPROCESS = {"min_fraction": 0.1}
 
 
@@ -112,7 +112,7 @@ def segment_prepared(
 
 def postprocess(labels: np.ndarray, min_fraction: float = POSTPROCESS["min_fraction"]) -> np.ndarray:
     """Drop whole-tumour components smaller than ``min_fraction`` of the largest (26-connectivity; 1.0 keeps the
-    largest alone), as nnU-Net's post-processing does for BraTS: isolated false positives are what inflate HD95.
+    largest alone, nnU-Net's "all but the largest component" removal): isolated false positives inflate HD95.
     Idempotent, and a stricter rule applied after a milder one gives what it gives alone (the largest component
     is always kept), so saved predictions can be re-scored under stricter rules."""
     tumour = labels > 0
