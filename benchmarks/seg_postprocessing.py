@@ -92,7 +92,8 @@ def main() -> None:
             raise SystemExit(f"{path}: no rows of variant {name!r}")
     first = args.variants[0]
     for v, r in reports.items():
-        apriori = [row for row in r["rows"] if row["min_fraction"] == min(x["min_fraction"] for x in r["rows"])]
+        mildest = min(row["min_fraction"] for row in r["rows"])  # the rule the predictions were saved with
+        apriori = [row for row in r["rows"] if row["min_fraction"] == mildest]
         held_out = r["leave_fold_out"]["rows"]
         lines += paired_lines(f"{v}: leave-fold-out rule - a-priori rule", apriori, held_out)
         for name, rows in references.items():

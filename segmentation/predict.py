@@ -110,6 +110,11 @@ def segment_prepared(
     return out.movedim(1, PLANE_AXIS + 1)
 
 
+def postprocess_rule(config: dict) -> float:
+    """The ``min_fraction`` a weights config's post-processing uses: its own rule, else ``POSTPROCESS``."""
+    return float(config.get("postprocess", {}).get("min_fraction", POSTPROCESS["min_fraction"]))
+
+
 def postprocess(labels: np.ndarray, min_fraction: float = POSTPROCESS["min_fraction"]) -> np.ndarray:
     """Drop whole-tumour components smaller than ``min_fraction`` of the largest (26-connectivity; 1.0 keeps the
     largest alone, nnU-Net's "all but the largest component" removal): isolated false positives inflate HD95.
@@ -165,7 +170,7 @@ class Segmenter:
     @property
     def min_fraction(self) -> float:
         """The post-processing rule: the weights' own (``meddiff seg postprocessing``) over ``POSTPROCESS``."""
-        return float(self.config.get("postprocess", {}).get("min_fraction", POSTPROCESS["min_fraction"]))
+        return postprocess_rule(self.config)
 
     def __call__(
         self, subject: tio.Subject, progress: bool = False, clean: bool = True, landmarks: dict | None = None

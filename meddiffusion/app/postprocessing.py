@@ -25,7 +25,7 @@ from meddiffusion.errors import MeddiffError
 from meddiffusion.eval.cases import reference_label, score_case
 from meddiffusion.io import modality_names, write_json
 from meddiffusion.provenance import provenance
-from meddiffusion.segmentation.predict import POSTPROCESS, postprocess
+from meddiffusion.segmentation.predict import postprocess, postprocess_rule
 from meddiffusion.segmentation.train import load_seg_config
 from meddiffusion.weights import CONFIG_FILE, read_config
 
@@ -38,8 +38,7 @@ def saved_rule(run: Path) -> float:
     """The rule a fold's predictions were saved with: its weights' own, else the default (also for the FLAIR
     floor, which has no weights)."""
     path = run / "weights" / CONFIG_FILE
-    config = json.loads(path.read_text()) if path.is_file() else {}
-    return float(config.get("postprocess", {}).get("min_fraction", POSTPROCESS["min_fraction"]))
+    return postprocess_rule(json.loads(path.read_text()) if path.is_file() else {})
 
 
 def score_rules(out: str | Path, variant: str, rules: Sequence[float] = RULES) -> list[dict[str, Any]]:
