@@ -266,6 +266,7 @@ def test_ablation_variants_validate_and_the_summary_has_paired_tests(crop_list):
     ]
     table = summary_table(rows)
     assert "| full | 4 | 0.815 ± 0.013" in table and "| unet | WT_dice | -0.100 |" in table
+    assert "| unet | 0.700 / 0.700 / 0.700 | 0.710 / 0.710 / 0.710 | 0.720 / 0.720 / 0.720 |" in table  # per fold
     rows[0]["ET_dice"] = float("nan")  # a case whose label does not delineate ET: the mean says it is over 3
     assert "| 0.820 ± 0.010 (n=3) |" in summary_table(rows)
 

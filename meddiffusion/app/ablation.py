@@ -151,8 +151,14 @@ def _mean_sd(values: Sequence[float]) -> str:
     return cell if finite.size == len(values) else f"{cell} (n={finite.size})"
 
 
+def _fold_means(values: Sequence[float]) -> str:
+    finite = [v for v in values if np.isfinite(v)]
+    return f"{np.mean(finite):.3f}" if finite else "–"
+
+
 def summary_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str:
-    """Markdown: mean +- sd per variant, then paired tests of every variant against ``reference``."""
+    """Markdown: mean +- sd per variant, its mean Dice per fold (a fold's patients share one model, so a fold
+    that goes the other way shows here), then paired tests of every variant against ``reference``."""
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     lines = [
         "| variant | n | " + " | ".join(METRICS) + " |",
@@ -162,6 +168,21 @@ def summary_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> st
         sub = [r for r in rows if r["variant"] == v]
         cells = [_mean_sd([r[m] for r in sub]) for m in METRICS]
         lines.append(f"| {v} | {len(sub)} | " + " | ".join(cells) + " |")
+    folds = sorted({int(r["fold"]) for r in rows})
+    lines += [
+        "",
+        "Mean Dice per fold, WT / TC / ET:",
+        "",
+        "| variant | " + " | ".join(f"fold {f}" for f in folds) + " |",
+        "|---|" + "---|" * len(folds),
+    ]
+    for v in variants:
+        cells = []
+        for f in folds:
+            sub = [r for r in rows if r["variant"] == v and int(r["fold"]) == f]
+            means = [_fold_means([r[f"{region}_dice"] for r in sub]) for region in ("WT", "TC", "ET")]
+            cells.append(" / ".join(means) if sub else "–")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
     if reference in variants:
         lines += [
             "",
