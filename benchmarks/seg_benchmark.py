@@ -5,6 +5,8 @@
     python benchmarks/seg_benchmark.py --inference WEIGHTS --val-cases ID ...   # inference settings: seconds, Dice
     python benchmarks/seg_benchmark.py --runs RUNS --finished-only --no-timing --prefix seg_cv20_peers \
         --include-rows docs/benchmarks/seg_cv20_per_case.csv docs/benchmarks/seg_nnunet_per_case.csv
+    python benchmarks/seg_benchmark.py --runs RUNS --finished-only --no-timing --prefix seg_cv20_unet_equal_time \
+        --rename unet=unet_8400 --reference plain --include-rows docs/benchmarks/seg_cv20_ablation_per_case.csv
 
 Cross-validation (``meddiff seg ablate``, continued if ``--runs`` holds finished folds): every variant of
 ``segmentation/variants.py`` on the same k folds (by patient) and seeds, configs/seg_dualpath_proposal.yaml with
@@ -12,7 +14,9 @@ Cross-validation (``meddiff seg ablate``, continued if ``--runs`` holds finished
 ``seg_cv_table.md`` and ``seg_cv_per_case.csv`` (``--prefix`` renames them). ``--include-rows`` adds the rows of
 methods and folds scored elsewhere (the full model's committed rows, nnU-Net's), so that every method of the same
 folds is in one table, paired with the full model over the same patients; regions a case's label convention does
-not delineate are undefined in every row, also in rows scored before that rule.
+not delineate are undefined in every row, also in rows scored before that rule. ``--rename`` tabulates a run's
+variant under another name (the U-Net trained for more steps beside its 2,000-step rows); ``--reference`` is the
+variant the others are paired with.
 
 Timing (this machine, 2 threads, nothing else running): seconds per training step (the default recipe, the
 proposal's and the U-Net, each with its config's batch and patch, 2.5D, four modalities; loss reweighting aside) and
@@ -53,7 +57,15 @@ def included_rows(paths: list[Path], rows: list[dict]) -> list[dict]:
 
 
 def cross_validation(
-    runs: Path, steps: int, folds: int, out: Path, finished_only: bool, include: list[Path], prefix: str
+    runs: Path,
+    steps: int,
+    folds: int,
+    out: Path,
+    finished_only: bool,
+    include: list[Path],
+    prefix: str,
+    rename: dict[str, str],
+    reference: str,
 ) -> None:
     from meddiffusion.app.ablation import by_variant, cross_validate, finished_rows, summary_table
     from meddiffusion.data.layouts import read_dataset
@@ -65,12 +77,13 @@ def cross_validation(
     config = load_seg_config(PROPOSAL, {"train.steps": steps})
     # --finished-only: report the folds that have finished, train nothing
     rows = finished_rows(runs) if finished_only else cross_validate(config, runs, list(VARIANTS), folds)
+    rows = [{**r, "variant": rename.get(r["variant"], r["variant"])} for r in rows]
     conventions = {c.case_id: c.convention for c in read_dataset(ROOT / "configs" / "seg_cases.csv")}
     rows = by_variant(
         [undefine_undelineated(r, conventions[r["case_id"]]) for r in [*included_rows(include, rows), *rows]]
     )
     write_csv(rows, out / f"{prefix}_per_case.csv")
-    table = summary_table(rows)
+    table = summary_table(rows, reference)
     (out / f"{prefix}_table.md").write_text(table)
     print(table)
 
@@ -212,6 +225,15 @@ def main() -> None:
     parser.add_argument("--finished-only", action="store_true", help="tabulate finished folds only; train nothing")
     parser.add_argument("--include-rows", nargs="+", type=Path, default=[], help="per-case CSVs scored elsewhere")
     parser.add_argument("--prefix", default="seg_cv", help="names of the table and per-case files")
+    parser.add_argument(
+        "--rename",
+        nargs="+",
+        default=[],
+        metavar="OLD=NEW",
+        help="the runs' variants under other names (e.g. a "
+        "variant trained for more steps, tabulated beside its committed rows)",
+    )
+    parser.add_argument("--reference", default="full", help="the variant every other is paired with")
     parser.add_argument("--inference", metavar="WEIGHTS", help="only: each inference setting's seconds and Dice")
     parser.add_argument("--val-cases", nargs="+", default=[], help="validation case ids of configs/seg_cases.csv")
     args = parser.parse_args()
@@ -222,7 +244,15 @@ def main() -> None:
         return
     if not args.only_timing:
         cross_validation(
-            Path(args.runs), args.steps, args.folds, out, args.finished_only, args.include_rows, args.prefix
+            Path(args.runs),
+            args.steps,
+            args.folds,
+            out,
+            args.finished_only,
+            args.include_rows,
+            args.prefix,
+            dict(r.split("=", 1) for r in args.rename),
+            args.reference,
         )
     if not args.no_timing:
         timing(out)
