@@ -230,13 +230,14 @@ def main() -> None:
         nargs="+",
         default=[],
         metavar="OLD=NEW",
-        help="the runs' variants under other names (e.g. a "
-        "variant trained for more steps, tabulated beside its committed rows)",
+        help="the runs' variants under other names (a variant trained longer, beside its committed rows)",
     )
     parser.add_argument("--reference", default="full", help="the variant every other is paired with")
     parser.add_argument("--inference", metavar="WEIGHTS", help="only: each inference setting's seconds and Dice")
     parser.add_argument("--val-cases", nargs="+", default=[], help="validation case ids of configs/seg_cases.csv")
     args = parser.parse_args()
+    if bad := [r for r in args.rename if "=" not in r]:
+        parser.error(f"--rename takes OLD=NEW, not {', '.join(bad)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.inference:
