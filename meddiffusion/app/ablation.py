@@ -141,19 +141,24 @@ def _fold(config, variant, fold, train_ids, test_ids, cases, run: Path) -> list[
     return rows
 
 
+def _defined(values: Sequence[float]) -> np.ndarray:
+    """The values where the metric is defined (e.g. no ET sensitivity without an ET label)."""
+    return np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+
+
 def _mean_sd(values: Sequence[float]) -> str:
-    """Mean ± sd over the cases where the metric is defined (e.g. no ET sensitivity without an ET label), with
-    their count where it is fewer than the row's cases, so a mean over fewer patients says so."""
-    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    """Mean ± sd over the cases where the metric is defined, with their count where it is fewer than the row's
+    cases, so a mean over fewer patients says so."""
+    finite = _defined(values)
     if finite.size == 0:
         return "–"
     cell = f"{finite.mean():.3f} ± {finite.std(ddof=1) if finite.size > 1 else 0:.3f}"
     return cell if finite.size == len(values) else f"{cell} (n={finite.size})"
 
 
-def _fold_means(values: Sequence[float]) -> str:
-    finite = [v for v in values if np.isfinite(v)]
-    return f"{np.mean(finite):.3f}" if finite else "–"
+def _mean(values: Sequence[float]) -> str:
+    finite = _defined(values)
+    return f"{finite.mean():.3f}" if finite.size else "–"
 
 
 def summary_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> str:
@@ -180,7 +185,7 @@ def summary_table(rows: Sequence[dict[str, Any]], reference: str = "full") -> st
         cells = []
         for f in folds:
             sub = [r for r in rows if r["variant"] == v and int(r["fold"]) == f]
-            means = [_fold_means([r[f"{region}_dice"] for r in sub]) for region in ("WT", "TC", "ET")]
+            means = [_mean([r[f"{region}_dice"] for r in sub]) for region in ("WT", "TC", "ET")]
             cells.append(" / ".join(means) if sub else "–")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     if reference in variants:
