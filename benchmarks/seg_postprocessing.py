@@ -4,12 +4,13 @@
         --references full=docs/benchmarks/seg_cv20_per_case.csv nnunet=docs/benchmarks/seg_nnunet_per_case.csv
 
 For each variant of a ``meddiff seg ablate`` folder, ``meddiff seg postprocessing``'s report (made here, or reused
-when ``seg_postprocessing_<variant>.json`` exists in ``--out``): every candidate rule's means, the rule chosen on all
-folds, and each fold scored under the rule chosen on the other folds (leave-one-fold-out). Paired over patients
-(95 % t-interval, Wilcoxon): each variant leave-fold-out against itself under the a-priori rule (what choosing the
-rule gives); each reference (``VARIANT=CSV``: that variant's rows of a per-case CSV, scored as they were, e.g. the
-full recipe's under the a-priori rule, nnU-Net's raw predictions) against the variant under the a-priori rule and
-leave-fold-out; and the first variant against the others, both leave-fold-out. Writes ``seg_postprocessing.md``.
+when ``seg_postprocessing_<variant>.json`` exists in ``--out`` or ``--reports`` names it): every candidate rule's
+means, the rule chosen on all folds, and each fold scored under the rule chosen on the other folds (leave-one-fold-
+out). Paired over patients (95 % t-interval, Wilcoxon): each variant leave-fold-out against itself under the
+a-priori rule (what choosing the rule gives); each reference (``VARIANT=CSV``: that variant's rows of a per-case
+CSV, scored as they were, e.g. the full recipe's under the a-priori rule, nnU-Net's raw predictions) against the
+variant under the a-priori rule and leave-fold-out; and the first variant against the others, both leave-fold-out.
+Writes ``seg_postprocessing.md``.
 """
 
 from __future__ import annotations
@@ -57,14 +58,21 @@ def main() -> None:
     parser.add_argument(
         "--references", nargs="*", default=[], metavar="VARIANT=CSV", help="a variant's rows of a per-case CSV"
     )
+    parser.add_argument(
+        "--reports", nargs="*", default=[], metavar="VARIANT=JSON", help="a variant's report made already, elsewhere"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
+    given = dict(spec.partition("=")[::2] for spec in args.reports)
     from meddiffusion.eval.report import read_csv
     from meddiffusion.io import write_text
     from meddiffusion.provenance import code_version, invocation
 
     args.out.mkdir(parents=True, exist_ok=True)
-    reports = {v: report(args.runs, v, args.out) for v in args.variants}
+    reports = {
+        v: json.loads(Path(given[v]).read_text()) if v in given else report(args.runs, v, args.out)
+        for v in args.variants
+    }
     lines = [f"Made by `{invocation()['command']}` (code {code_version()}).", ""]
     lines += [
         "| variant | rule (min_fraction) | cases | WT Dice | TC Dice | ET Dice | WT HD95 (mm) |",
