@@ -74,7 +74,7 @@ def check_output(path: str | Path, force: bool) -> Path:
 
 def weights_folder(name_or_folder: str | Path) -> Path:
     """The one resolver of weights arguments (every ``from_pretrained``, ``--weights``, ``--init``), as diffusers
-    takes a folder or a hub name: a folder that exists, else the shipped weights of that name (``seg-dualpath``);
+    takes a folder or a hub name: a folder that exists, else the shipped weights of that name (``seg-unet``);
     a bare name that is neither is an error listing the shipped names; other paths are returned as given (their
     loading says what is missing)."""
     path = Path(name_or_folder)

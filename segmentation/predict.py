@@ -33,7 +33,8 @@ from meddiffusion.segmentation.data import PLANE_AXIS
 from meddiffusion.segmentation.models import SegNetworkConfig, build_from_weights_config
 from meddiffusion.weights import load_weights, weights_hash
 
-SHIPPED = "seg-dualpath"
+#: the default weights: the MONAI U-Net of configs/seg_unet.yaml (``seg-dualpath``: the dual-path model's)
+SHIPPED = "seg-unet"
 #: inference settings when the weights name none: ``window`` "plane" (one window per plane over the brain's box)
 #: or "patch" (training-size windows, ``overlap``); ``mirror``: average over the in-plane flips (x4 time). One
 #: window per plane: the same Dice as 128-pixel windows on the shipped model's validation cases in 45 % of the
@@ -142,7 +143,7 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, device: str = "cpu") -> Segmenter:
-        """Load a weights folder or shipped weights by name (default: the shipped ``seg-dualpath``)."""
+        """Load a weights folder or shipped weights by name (default: the shipped ``seg-unet``)."""
         folder = weights_folder(folder or SHIPPED)
         model, config = load_weights(folder, "segmentation", build_from_weights_config, device)
         return cls(model, config, folder)

@@ -15,8 +15,8 @@ _REMOVALS: dict[str, dict[str, Any]] = {
 }
 #: variant name -> config overrides ("section.key": value) of the config ablated, the proposal's recipe
 #: (``configs/seg_dualpath_proposal.yaml``): each changes one of the proposal's parts, "plain" removes the three
-#: that the ablation showed no gain for (the default recipe, ``configs/seg_dualpath.yaml``); "floor" is the FLAIR
-#: threshold, not trained
+#: that the ablation showed no gain for (``configs/seg_dualpath.yaml``, whose "unet" variant is the default recipe,
+#: ``configs/seg_unet.yaml``); "floor" is the FLAIR threshold, not trained
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
     **_REMOVALS,

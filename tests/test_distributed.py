@@ -75,7 +75,7 @@ def test_segmentation_trainer_runs_as_two_processes(real_crop, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "data: {data: cases.csv, modalities: [flair, t1ce], patch_size: 32}\n"
-        "network: {channels: [8, 16, 32, 64], d_model: 16, n_heads: 2}\n"
+        "network: {channels: [8, 16, 32, 64]}\n"
         "loss: {gamma: 0.0}\n"
         "train: {steps: 4, batch_size: 2, warmup_steps: 1, log_every: 1, checkpoint_every: 2, threads: 1}\n"
     )

@@ -27,7 +27,7 @@ from meddiffusion.weights import WEIGHTS_FILE  # noqa: E402
 
 TINY_RECIPE = {
     "data": {"patch_size": 32, "augment": False},
-    "network": {"channels": [8, 16, 32, 64], "d_model": 16, "n_heads": 2},
+    "network": {"model": "dualpath", "channels": [8, 16, 32, 64], "d_model": 16, "n_heads": 2},
     "loss": {"reweighting": "none"},
     "train": {"batch_size": 2, "learning_rate": 0.001},
 }

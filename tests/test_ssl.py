@@ -111,6 +111,7 @@ def tiny_ssl(real_crop, tmp_path):
         "data.local_size": 16,
         "data.n_local": 2,
         "data.probe_patches": 12,
+        "network.model": "dualpath",
         "network.channels": [8, 16, 32, 64],
         "network.d_model": 16,
         "network.n_heads": 2,
@@ -144,6 +145,7 @@ def test_pretraining_logs_collapse_measures_resumes_exactly_and_initialises_a_se
     seg_overrides = {
         "data.data": str(data),
         "data.patch_size": 32,
+        "network.model": "dualpath",
         "network.channels": [8, 16, 32, 64],
         "network.d_model": 16,
         "network.n_heads": 2,
@@ -187,7 +189,7 @@ def test_the_monai_unet_encoder_pretrains_and_initialises_a_unet_segmenter(tiny_
     assert all(torch.equal(state[k], learned[k]) for k in encoder)
     assert all(torch.equal(state[k], built[k]) for k in built if k not in encoder)  # decoder untouched
     assert not all(torch.equal(built[k], learned[k]) for k in encoder)  # something was loaded
-    dual = load_seg_config(None, seg)
+    dual = load_seg_config(None, {**seg, "network.model": "dualpath"})
     with pytest.raises(MeddiffError, match="does not fit this segmenter .*model"):
         load_pretrained_encoder(build_from_weights_config(weights_config(dual)), weights, weights_config(dual))
 
@@ -200,7 +202,7 @@ def test_the_shipped_encoder_fits_the_proposal_recipe_and_is_named_by_init(tmp_p
 
     folder = weights_folder("ssl-dualpath")
     assert folder == PRETRAINED / "ssl-dualpath" and weights_folder(tmp_path) == tmp_path
-    with pytest.raises(MeddiffError, match="shipped: seg-dualpath, sr-diffusion"):
+    with pytest.raises(MeddiffError, match="shipped: seg-dualpath, seg-unet, sr-diffusion"):
         weights_folder("ssl-dualpth")  # a typo of a shipped name is named, with the shipped ones
     default = weights_config(load_seg_config(ROOT / "configs" / "seg_dualpath.yaml"))
     with pytest.raises(MeddiffError, match="attention: 'deformable' vs 'window'"):

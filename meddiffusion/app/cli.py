@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--folds", type=int, help="folds by patient, every case tested once (default: 2 quick, 5 full)")
     study.add_argument("--ratios", type=float, nargs="+", help="synthetic fractions, one arm each (full: 0.25 0.5)")
     study.add_argument("--quick", action="store_true", help="a smoke run: two folds, short training")
-    study.add_argument("--seg-config", help="segmenter YAML config (e.g. configs/seg_dualpath.yaml)")
+    study.add_argument("--seg-config", help="segmenter YAML config (e.g. configs/seg_unet.yaml)")
     study.add_argument("--force", action="store_true", help="redo the report of a finished study")
     study.set_defaults(handler=_study)
     return parser
@@ -482,12 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_seg(commands) -> None:
     from meddiffusion.segmentation.variants import VARIANTS
 
-    seg = commands.add_parser("seg", help="tumour segmentation (dual-path network, MONAI baselines)")
+    seg = commands.add_parser("seg", help="tumour segmentation (MONAI U-Net, dual-path network, SwinUNETR)")
     sub = seg.add_subparsers(dest="seg_command", required=True)
 
     def data_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
         p.add_argument("--data", required=data_required, help="data set: BraTS/nnU-Net folder or CSV list")
-        p.add_argument("--config", help="YAML config (defaults: segmentation/train.py; e.g. configs/seg_dualpath.yaml)")
+        p.add_argument("--config", help="YAML config (defaults: segmentation/train.py; e.g. configs/seg_unet.yaml)")
         p.add_argument("--model", choices=["dualpath", "unet", "swinunetr"], help="override network.model")
         p.add_argument("--steps", type=int, help="override train.steps")
         p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="override train.mixed_precision")
@@ -511,7 +511,7 @@ def _add_seg(commands) -> None:
     predict.add_argument("output", nargs="?", metavar="OUTPUT", help="label map (.nii.gz); OUTPUT.json records it")
     for m in ("t1", "t1ce", "t2", "flair"):
         predict.add_argument(f"--{m}", help=f"{m} image (instead of, or over, the case folder's)")
-    predict.add_argument("--weights", help="weights folder (default: the shipped dual-path weights)")
+    predict.add_argument("--weights", help="weights folder or shipped name (default: seg-unet; seg-dualpath)")
     predict.add_argument(
         "--no-postprocess", action="store_true", help="keep every tumour component (the weights' rule drops small ones)"
     )

@@ -71,10 +71,10 @@ class StudyPreset:
 
 
 #: quick: a smoke run (two folds); full: the powered design (5 folds, two ratios, 3 seeds) with the segmenter's
-#: defaults (64-pixel patches; ``--seg-config`` for another recipe), short steps. Measured on 2 CPU cores: about
-#: 53 minutes a fold (generator 2 min, synthetic cases 1 min, 9 segmenters of 600 steps: 35 s to load the cases,
-#: 3.5 min to train, 55 s to predict and score); the full preset's run took 4.1 hours (47-54 minutes a fold).
-#: Either preset resumes where it stopped, so it spans sessions
+#: defaults (64-pixel patches; ``--seg-config`` for another recipe), short steps. Measured on 2 CPU cores (with the
+#: dual-path network, the default network then): about 53 minutes a fold (generator 2 min, synthetic cases 1 min, 9
+#: segmenters of 600 steps: 35 s to load the cases, 3.5 min to train, 55 s to predict and score); the full preset's
+#: run took 4.1 hours (47-54 minutes a fold). Either preset resumes where it stopped, so it spans sessions
 PRESETS = {
     "quick": StudyPreset(folds=2, generator_steps=300, synthetic_cases=4, sampler_steps=4, seg_steps=300, seeds=2),
     "full": StudyPreset(
