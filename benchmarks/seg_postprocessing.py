@@ -51,6 +51,13 @@ def paired_lines(name: str, a: list[dict], b: list[dict]) -> list[str]:
     return lines
 
 
+def named_paths(parser: argparse.ArgumentParser, specs: list[str], flag: str) -> dict[str, Path]:
+    """``VARIANT=PATH`` arguments by variant; one without ``=`` is a usage error naming it."""
+    if bad := [s for s in specs if "=" not in s]:
+        parser.error(f"{flag} takes VARIANT=PATH, not {', '.join(bad)}")
+    return {name: Path(path) for name, _, path in (s.partition("=") for s in specs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True, help="a `meddiff seg ablate --out` folder")
@@ -63,15 +70,15 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
-    given = dict(spec.partition("=")[::2] for spec in args.reports)
+    given = named_paths(parser, args.reports, "--reports")
+    named_references = named_paths(parser, args.references, "--references")
     from meddiffusion.eval.report import read_csv
     from meddiffusion.io import write_text
     from meddiffusion.provenance import code_version, invocation
 
     args.out.mkdir(parents=True, exist_ok=True)
     reports = {
-        v: json.loads(Path(given[v]).read_text()) if v in given else report(args.runs, v, args.out)
-        for v in args.variants
+        v: json.loads(given[v].read_text()) if v in given else report(args.runs, v, args.out) for v in args.variants
     }
     lines = [f"Made by `{invocation()['command']}` (code {code_version()}).", ""]
     lines += [
@@ -93,8 +100,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     references = {}
-    for spec in args.references:
-        name, _, path = spec.partition("=")
+    for name, path in named_references.items():
         references[name] = [r for r in read_csv(path) if r["variant"] == name]
         if not references[name]:
             raise SystemExit(f"{path}: no rows of variant {name!r}")
